@@ -1,0 +1,156 @@
+//! The control socket: accepts clients, checks who they are, reads one
+//! request line, hands it to the engine and writes one response line.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+};
+
+use anyhow::Context;
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    net::{UnixListener, UnixStream},
+};
+use tracing::{debug, warn};
+
+use super::engine::{Caller, Engine};
+use crate::protocol::{Request, Response, MAX_REQUEST_BYTES};
+
+/// Who may use the socket besides root and the daemon's own user.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AccessPolicy {
+    pub group: Option<u32>,
+}
+
+/// Binds the socket (replacing a stale one), mode 0660, group per policy.
+pub fn bind(path: &Path, policy: AccessPolicy) -> anyhow::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create socket directory {}", dir.display()))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            anyhow::bail!(
+                "another daemon is already listening on {} (stop it first)",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
+    }
+    let listener = UnixListener::bind(path)
+        .with_context(|| format!("cannot bind control socket {}", path.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    if let Some(gid) = policy.group {
+        nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid)))
+            .with_context(|| format!("cannot set group {gid} on {}", path.display()))?;
+    }
+    Ok(listener)
+}
+
+pub async fn serve(
+    listener: UnixListener,
+    engine: Arc<Mutex<Engine>>,
+    policy: AccessPolicy,
+    socket_path: PathBuf,
+) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let engine = engine.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = handle_client(stream, engine, policy).await {
+                        debug!(error = %e, "client connection ended with an error");
+                    }
+                });
+            }
+            Err(e) => {
+                warn!(socket = %socket_path.display(), error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn handle_client(
+    stream: UnixStream,
+    engine: Arc<Mutex<Engine>>,
+    policy: AccessPolicy,
+) -> anyhow::Result<()> {
+    let cred = stream.peer_cred()?;
+    let caller = Caller {
+        uid: cred.uid(),
+        pid: cred.pid(),
+    };
+    let (read, mut write) = stream.into_split();
+    let response = if !permitted(cred.uid(), cred.gid(), cred.pid(), policy) {
+        warn!(uid = cred.uid(), pid = cred.pid(), "refused a client without permission");
+        Response::Error(format!(
+            "permission denied: uid {} may not control mitigator (root or the socket's group only)",
+            cred.uid()
+        ))
+    } else {
+        match read_request(read).await {
+            Ok(request) => {
+                let engine = engine.clone();
+                tokio::task::spawn_blocking(move || {
+                    let mut engine = engine.lock().unwrap_or_else(|p| p.into_inner());
+                    match engine.handle(request, caller) {
+                        Ok(reply) => Response::Ok(reply),
+                        Err(msg) => Response::Error(msg),
+                    }
+                })
+                .await?
+            }
+            Err(msg) => Response::Error(msg),
+        }
+    };
+    let mut line = serde_json::to_vec(&response)?;
+    line.push(b'\n');
+    write.write_all(&line).await?;
+    write.shutdown().await?;
+    Ok(())
+}
+
+/// Reads one newline-terminated request, refusing oversize or malformed ones.
+async fn read_request(read: tokio::net::unix::OwnedReadHalf) -> Result<Request, String> {
+    let mut reader = BufReader::new(read).take(MAX_REQUEST_BYTES as u64 + 1);
+    let mut buf = Vec::new();
+    reader
+        .read_until(b'\n', &mut buf)
+        .await
+        .map_err(|e| format!("cannot read request: {e}"))?;
+    if buf.len() > MAX_REQUEST_BYTES {
+        return Err(format!(
+            "request too large (limit {} bytes)",
+            MAX_REQUEST_BYTES
+        ));
+    }
+    if buf.last() != Some(&b'\n') {
+        return Err("malformed request: no newline-terminated JSON line received".into());
+    }
+    serde_json::from_slice(&buf).map_err(|e| format!("malformed request: {e}"))
+}
+
+fn permitted(uid: u32, gid: u32, pid: Option<i32>, policy: AccessPolicy) -> bool {
+    if uid == 0 || uid == nix::unistd::geteuid().as_raw() {
+        return true;
+    }
+    let Some(group) = policy.group else {
+        return false;
+    };
+    gid == group || pid.is_some_and(|p| supplementary_groups(p).contains(&group))
+}
+
+/// The peer's supplementary groups, from /proc (SO_PEERCRED has only the primary).
+fn supplementary_groups(pid: i32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Groups:"))
+                .map(|g| g.split_whitespace().filter_map(|x| x.parse().ok()).collect())
+        })
+        .unwrap_or_default()
+}
