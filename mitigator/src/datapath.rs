@@ -273,7 +273,7 @@ impl Datapath {
     }
 
     /// Detaches the program and removes every pin: enforcement stops.
-    pub fn detach_and_unpin(mut self) -> Result<()> {
+    pub fn detach_and_unpin(&mut self) -> Result<()> {
         if let Some(link) = self.link.take() {
             let fd_link = link.unpin().map_err(|e| pin_err(&self.pin_dir, e))?;
             drop(fd_link);

@@ -61,8 +61,8 @@ impl Engine {
         &self.datapath
     }
 
-    pub fn into_datapath(self) -> Datapath {
-        self.datapath
+    pub fn datapath_mut(&mut self) -> &mut Datapath {
+        &mut self.datapath
     }
 
     pub fn next_expiry(&self) -> Option<u64> {

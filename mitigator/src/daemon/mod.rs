@@ -75,11 +75,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     expiry.abort();
     let _ = std::fs::remove_file(&opts.socket);
 
-    let engine = Arc::try_unwrap(engine)
-        .map_err(|_| anyhow::anyhow!("engine still in use at shutdown"))?
-        .into_inner()
-        .unwrap_or_else(|p| p.into_inner());
-    let datapath = engine.into_datapath();
+    let _ = serve.await;
+    let _ = expiry.await;
+    let mut engine = engine.lock().unwrap_or_else(|p| p.into_inner());
+    let datapath = engine.datapath_mut();
     if opts.detach_on_exit {
         datapath.detach_and_unpin()?;
     } else {
