@@ -72,3 +72,23 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn test_passes_args_after_double_dash_to_cargo_test() {
+        let cli = Cli::try_parse_from(["xtask", "test", "--", "blocklist", "--nocapture"]).unwrap();
+        let Command::Test(args) = cli.command else {
+            panic!("not test")
+        };
+        assert_eq!(args.cargo_test_args, ["blocklist", "--nocapture"]);
+    }
+}
