@@ -23,10 +23,32 @@ pub enum Reason {
     DropMalformed = 4,
     /// IPv6 extension-header chain longer than the program walks.
     DropExtChain = 5,
+    /// Source over its SYN rate.
+    DropSynRate = 6,
+    /// Source over its UDP rate.
+    DropUdpRate = 7,
+    /// Source over its ICMP rate.
+    DropIcmpRate = 8,
+    /// Source over its fragment rate (fragment policy `rate-limit`).
+    DropFragRate = 9,
+    /// Non-first fragment under fragment policy `drop`.
+    DropFragment = 10,
+    /// UDP from an amplification source port to a non-service port.
+    DropAmplification = 11,
+    /// UDP destination port over its aggregate cap.
+    DropUdpPortCap = 12,
+    /// ICMP fragmentation-needed / packet-too-big over its own budget.
+    DropPmtuRate = 13,
+    /// SYN to a protected port answered with a SYN cookie from XDP.
+    TxSynCookie = 14,
+    /// ACK carrying a valid SYN cookie, passed to the stack to complete the handshake.
+    PassCookieAck = 15,
+    /// ACK to a protected listener without a valid cookie (or connection).
+    DropBadCookieAck = 16,
 }
 
 impl Reason {
-    pub const COUNT: usize = 6;
+    pub const COUNT: usize = 17;
     pub const ALL: [Reason; Self::COUNT] = [
         Reason::Pass,
         Reason::PassAllowlist,
@@ -34,13 +56,38 @@ impl Reason {
         Reason::DropBlocklist,
         Reason::DropMalformed,
         Reason::DropExtChain,
+        Reason::DropSynRate,
+        Reason::DropUdpRate,
+        Reason::DropIcmpRate,
+        Reason::DropFragRate,
+        Reason::DropFragment,
+        Reason::DropAmplification,
+        Reason::DropUdpPortCap,
+        Reason::DropPmtuRate,
+        Reason::TxSynCookie,
+        Reason::PassCookieAck,
+        Reason::DropBadCookieAck,
     ];
 
     /// The XDP action this reason stands for (before monitor mode).
     pub const fn action(self) -> Action {
         match self {
-            Reason::Pass | Reason::PassAllowlist | Reason::PassNonIp => Action::Pass,
-            Reason::DropBlocklist | Reason::DropMalformed | Reason::DropExtChain => Action::Drop,
+            Reason::Pass | Reason::PassAllowlist | Reason::PassNonIp | Reason::PassCookieAck => {
+                Action::Pass
+            }
+            Reason::TxSynCookie => Action::Tx,
+            Reason::DropBlocklist
+            | Reason::DropMalformed
+            | Reason::DropExtChain
+            | Reason::DropSynRate
+            | Reason::DropUdpRate
+            | Reason::DropIcmpRate
+            | Reason::DropFragRate
+            | Reason::DropFragment
+            | Reason::DropAmplification
+            | Reason::DropUdpPortCap
+            | Reason::DropPmtuRate
+            | Reason::DropBadCookieAck => Action::Drop,
         }
     }
 
@@ -53,7 +100,22 @@ impl Reason {
             Reason::DropBlocklist => "drop_blocklist",
             Reason::DropMalformed => "drop_malformed",
             Reason::DropExtChain => "drop_ipv6_ext_chain",
+            Reason::DropSynRate => "drop_syn_rate",
+            Reason::DropUdpRate => "drop_udp_rate",
+            Reason::DropIcmpRate => "drop_icmp_rate",
+            Reason::DropFragRate => "drop_fragment_rate",
+            Reason::DropFragment => "drop_fragment",
+            Reason::DropAmplification => "drop_amplification",
+            Reason::DropUdpPortCap => "drop_udp_port_cap",
+            Reason::DropPmtuRate => "drop_pmtu_rate",
+            Reason::TxSynCookie => "tx_syn_cookie",
+            Reason::PassCookieAck => "pass_cookie_ack",
+            Reason::DropBadCookieAck => "drop_bad_cookie_ack",
         }
+    }
+
+    pub fn from_u32(v: u32) -> Option<Reason> {
+        Self::ALL.get(v as usize).copied()
     }
 }
 
@@ -82,6 +144,10 @@ impl Class {
         Class::Icmp,
         Class::Fragment,
     ];
+
+    pub fn from_u32(v: u32) -> Option<Class> {
+        Self::ALL.get(v as usize).copied()
+    }
 
     pub const fn name(self) -> &'static str {
         match self {
@@ -151,6 +217,14 @@ mod tests {
         for (i, c) in Class::ALL.iter().enumerate() {
             assert_eq!(*c as usize, i);
         }
+    }
+
+    #[test]
+    fn reasons_round_trip_through_u32() {
+        for r in Reason::ALL {
+            assert_eq!(Reason::from_u32(r as u32), Some(r));
+        }
+        assert_eq!(Reason::from_u32(Reason::COUNT as u32), None);
     }
 
     #[test]

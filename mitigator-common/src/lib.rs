@@ -10,11 +10,13 @@ pub mod config;
 pub mod counters;
 pub mod maps;
 pub mod rules;
+pub mod sample;
 
 pub use config::*;
 pub use counters::*;
 pub use maps::*;
 pub use rules::*;
+pub use sample::*;
 
 /// Compile-time layout check: `assert_layout!(Type, size, align)`.
 #[macro_export]

@@ -2,11 +2,12 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{lpm_trie::Key, Array, LpmTrie, PerCpuArray},
+    maps::{lpm_trie::Key, Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use mitigator_common::{
-    Config, Counter, Ipv4Addr, Ipv6Addr, RuleValue, ALLOW_V4_CAPACITY, ALLOW_V6_CAPACITY,
-    BLOCK_V4_CAPACITY, BLOCK_V6_CAPACITY, COUNTER_ENTRIES,
+    Config, Counter, Ipv4Addr, Ipv6Addr, RuleValue, SourceKey, AGGREGATE_ENTRIES,
+    ALLOW_V4_CAPACITY, ALLOW_V6_CAPACITY, BLOCK_V4_CAPACITY, BLOCK_V6_CAPACITY, COUNTER_ENTRIES,
+    DEFAULT_SOURCE_CAPACITY, EVENT_ENTRIES, PORT_ENTRIES, SAMPLES_BYTES,
 };
 
 #[map]
@@ -21,6 +22,24 @@ static BLOCK_V6: LpmTrie<Ipv6Addr, RuleValue> = LpmTrie::with_max_entries(BLOCK_
 static COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(COUNTER_ENTRIES, 0);
 #[map]
 static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+/// `PORT_*` flags per port number.
+#[map]
+pub static PORTS: Array<u32> = Array::with_max_entries(PORT_ENTRIES, 0);
+/// GCRA theoretical arrival time (ns) per (source, class). The daemon may
+/// resize it at load time.
+#[map]
+pub static SOURCES: LruHashMap<SourceKey, u64> =
+    LruHashMap::with_max_entries(DEFAULT_SOURCE_CAPACITY, 0);
+/// GCRA state per UDP destination port, then the PMTU budget.
+#[map]
+pub static AGGREGATE: Array<u64> = Array::with_max_entries(AGGREGATE_ENTRIES, 0);
+#[map]
+static EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(EVENT_ENTRIES, 0);
+#[map]
+pub static SAMPLES: RingBuf = RingBuf::with_byte_size(SAMPLES_BYTES, 0);
+/// Per-CPU sampling window: [window start ns, samples in window].
+#[map]
+pub static SAMPLE_WINDOW: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
 
 /// Atomic add: rule hit counters are shared by all CPUs. The BPF target has
 /// no compare-and-swap, so core's atomics are unavailable; `lock +=` is the
@@ -92,9 +111,21 @@ pub fn count(index: u32, len: u64) {
 }
 
 #[inline(always)]
-pub fn config_flags() -> u32 {
-    match CONFIG.get(0) {
-        Some(c) => c.flags,
+pub fn event(index: u32) {
+    if let Some(c) = EVENTS.get_ptr_mut(index) {
+        unsafe { *c += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn config() -> Option<&'static Config> {
+    CONFIG.get(0)
+}
+
+#[inline(always)]
+pub fn port_flags(port: u16) -> u32 {
+    match PORTS.get(port as u32) {
+        Some(f) => *f,
         None => 0,
     }
 }

@@ -34,17 +34,72 @@ pub const MAX_IPV6_EXT_HEADERS: usize = 6;
 /// the verifier see that every variable offset stays small.
 const MAX_HEADER_OFFSET: usize = 4096;
 
-const TCP_FLAG_SYN: u8 = 0x02;
-const TCP_FLAG_ACK: u8 = 0x10;
+pub const TCP_FLAG_SYN: u8 = 0x02;
+pub const TCP_FLAG_RST: u8 = 0x04;
+pub const TCP_FLAG_ACK: u8 = 0x10;
 
 pub enum Addrs {
-    V4 { src: Ipv4Addr },
-    V6 { src: Ipv6Addr },
+    V4 { src: Ipv4Addr, dst: Ipv4Addr },
+    V6 { src: Ipv6Addr, dst: Ipv6Addr },
 }
 
+/// What the decision steps need to know about a parsed packet. Ports are
+/// host order; offsets are from the start of the frame.
 pub struct Packet {
     pub addrs: Addrs,
     pub class: Class,
+    pub proto: u8,
+    pub ttl: u8,
+    pub l3_off: usize,
+    pub l4_off: usize,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub tcp_flags: u8,
+    /// TCP data offset in 32-bit words (5..=15), 0 when not TCP.
+    pub tcp_doff: u8,
+    pub icmp_type: u8,
+    pub icmp_code: u8,
+}
+
+/// L4 facts, when the packet has an L4 header we read.
+struct L4 {
+    class: Class,
+    src_port: u16,
+    dst_port: u16,
+    tcp_flags: u8,
+    tcp_doff: u8,
+    icmp_type: u8,
+    icmp_code: u8,
+}
+
+impl L4 {
+    const NONE: L4 = L4 {
+        class: Class::Other,
+        src_port: 0,
+        dst_port: 0,
+        tcp_flags: 0,
+        tcp_doff: 0,
+        icmp_type: 0,
+        icmp_code: 0,
+    };
+}
+
+#[inline(always)]
+fn packet(addrs: Addrs, proto: u8, ttl: u8, l3_off: usize, l4_off: usize, l4: L4) -> Parsed {
+    Parsed::Ip(Packet {
+        addrs,
+        class: l4.class,
+        proto,
+        ttl,
+        l3_off,
+        l4_off,
+        src_port: l4.src_port,
+        dst_port: l4.dst_port,
+        tcp_flags: l4.tcp_flags,
+        tcp_doff: l4.tcp_doff,
+        icmp_type: l4.icmp_type,
+        icmp_code: l4.icmp_code,
+    })
 }
 
 pub enum Parsed {
@@ -57,7 +112,7 @@ const MALFORMED: Parsed = Parsed::Bad(Reason::DropMalformed, Class::Other);
 
 /// A pointer to a `T` at `off` bytes into the frame, if the whole `T` fits.
 #[inline(always)]
-fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*const T> {
+pub fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*const T> {
     let start = ctx.data();
     let end = ctx.data_end();
     if off > MAX_HEADER_OFFSET || start + off + size_of::<T>() > end {
@@ -67,7 +122,7 @@ fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*const T> {
 }
 
 #[inline(always)]
-fn frame_len(ctx: &XdpContext) -> usize {
+pub fn frame_len(ctx: &XdpContext) -> usize {
     ctx.data_end() - ctx.data()
 }
 
@@ -100,27 +155,34 @@ fn parse_ipv4(ctx: &XdpContext, off: usize) -> Parsed {
     let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, off) else {
         return MALFORMED;
     };
-    let (vihl, tot_len, frags, proto, src) = unsafe {
+    let (vihl, tot_len, frags, proto, ttl, src, dst) = unsafe {
         (
             (*ip).vihl,
             u16::from_be_bytes((*ip).tot_len) as usize,
             u16::from_be_bytes((*ip).frags),
             (*ip).proto,
+            (*ip).ttl,
             (*ip).src_addr,
+            (*ip).dst_addr,
         )
     };
     let ihl = ((vihl & 0x0f) as usize) * 4;
     if vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN || tot_len < ihl || off + tot_len > frame_len(ctx) {
         return MALFORMED;
     }
-    let addrs = Addrs::V4 { src };
+    let addrs = Addrs::V4 { src, dst };
+    let l4_off = off + ihl;
     // A non-first fragment carries no L4 header: classify it as such.
     if frags & 0x1fff != 0 {
-        return Parsed::Ip(Packet { addrs, class: Class::Fragment });
+        let l4 = L4 {
+            class: Class::Fragment,
+            ..L4::NONE
+        };
+        return packet(addrs, proto, ttl, off, l4_off, l4);
     }
     let icmp = proto == IPPROTO_ICMP;
-    match classify_l4(ctx, off + ihl, proto, icmp) {
-        Some(class) => Parsed::Ip(Packet { addrs, class }),
+    match parse_l4(ctx, l4_off, off + tot_len, proto, icmp) {
+        Some(l4) => packet(addrs, proto, ttl, off, l4_off, l4),
         None => MALFORMED,
     }
 }
@@ -130,18 +192,22 @@ fn parse_ipv6(ctx: &XdpContext, off: usize) -> Parsed {
     let Some(ip) = ptr_at::<Ipv6Hdr>(ctx, off) else {
         return MALFORMED;
     };
-    let (version, payload_len, mut next, src) = unsafe {
+    let (version, payload_len, mut next, hop_limit, src, dst) = unsafe {
         (
             (*ip).vcf[0] >> 4,
             u16::from_be_bytes((*ip).payload_len) as usize,
             (*ip).next_hdr,
+            (*ip).hop_limit,
             (*ip).src_addr,
+            (*ip).dst_addr,
         )
     };
     if version != 6 || off + Ipv6Hdr::LEN + payload_len > frame_len(ctx) {
         return MALFORMED;
     }
-    let addrs = Addrs::V6 { src };
+    let addrs = Addrs::V6 { src, dst };
+    let l3_off = off;
+    let end = off + Ipv6Hdr::LEN + payload_len;
     let mut off = off + Ipv6Hdr::LEN;
     let mut non_first_fragment = false;
     for _ in 0..MAX_IPV6_EXT_HEADERS {
@@ -169,12 +235,20 @@ fn parse_ipv6(ctx: &XdpContext, off: usize) -> Parsed {
     if is_ipv6_ext_header(next) {
         return Parsed::Bad(Reason::DropExtChain, Class::Other);
     }
+    // Extension headers that run past the payload length read padding.
+    if off > end {
+        return MALFORMED;
+    }
     if non_first_fragment {
-        return Parsed::Ip(Packet { addrs, class: Class::Fragment });
+        let l4 = L4 {
+            class: Class::Fragment,
+            ..L4::NONE
+        };
+        return packet(addrs, next, hop_limit, l3_off, off, l4);
     }
     let icmp = next == IPPROTO_ICMPV6;
-    match classify_l4(ctx, off, next, icmp) {
-        Some(class) => Parsed::Ip(Packet { addrs, class }),
+    match parse_l4(ctx, off, end, next, icmp) {
+        Some(l4) => packet(addrs, next, hop_limit, l3_off, off, l4),
         None => MALFORMED,
     }
 }
@@ -187,32 +261,71 @@ fn is_ipv6_ext_header(next: u8) -> bool {
     )
 }
 
-/// The class of the L4 header at `off`, or `None` if it is truncated or
-/// malformed. Protocols we do not inspect are `Class::Other`.
+/// The L4 facts at `off`, or `None` if the header is truncated or
+/// malformed. Protocols we do not inspect are `Class::Other`. `end` is
+/// where the IP datagram ends (by its length field): bytes after it are
+/// Ethernet padding, never an L4 header.
 #[inline(always)]
-fn classify_l4(ctx: &XdpContext, off: usize, proto: u8, icmp: bool) -> Option<Class> {
+fn parse_l4(ctx: &XdpContext, off: usize, end: usize, proto: u8, icmp: bool) -> Option<L4> {
     if icmp {
-        ptr_at::<[u8; 4]>(ctx, off)?;
-        return Some(Class::Icmp);
+        if off + 4 > end {
+            return None;
+        }
+        let h = ptr_at::<[u8; 4]>(ctx, off)?;
+        let (icmp_type, icmp_code) = unsafe { ((*h)[0], (*h)[1]) };
+        return Some(L4 {
+            class: Class::Icmp,
+            icmp_type,
+            icmp_code,
+            ..L4::NONE
+        });
     }
     match proto {
         IPPROTO_TCP => {
-            // Bytes 12..14 of the TCP header: data offset and flags.
             let h = ptr_at::<[u8; 20]>(ctx, off)?;
-            let (doff, flags) = unsafe { (((*h)[12] >> 4) as usize * 4, (*h)[13]) };
-            if doff < 20 || off + doff > frame_len(ctx) {
+            let (src_port, dst_port, doff, flags) = unsafe {
+                (
+                    u16::from_be_bytes([(*h)[0], (*h)[1]]),
+                    u16::from_be_bytes([(*h)[2], (*h)[3]]),
+                    (*h)[12] >> 4,
+                    (*h)[13],
+                )
+            };
+            if doff < 5 || off + doff as usize * 4 > end {
                 return None;
             }
-            if flags & TCP_FLAG_SYN != 0 && flags & TCP_FLAG_ACK == 0 {
-                Some(Class::TcpSyn)
+            let class = if flags & TCP_FLAG_SYN != 0 && flags & TCP_FLAG_ACK == 0 {
+                Class::TcpSyn
             } else {
-                Some(Class::Tcp)
-            }
+                Class::Tcp
+            };
+            Some(L4 {
+                class,
+                src_port,
+                dst_port,
+                tcp_flags: flags,
+                tcp_doff: doff,
+                ..L4::NONE
+            })
         }
         IPPROTO_UDP => {
-            ptr_at::<[u8; 8]>(ctx, off)?;
-            Some(Class::Udp)
+            if off + 8 > end {
+                return None;
+            }
+            let h = ptr_at::<[u8; 8]>(ctx, off)?;
+            let (src_port, dst_port) = unsafe {
+                (
+                    u16::from_be_bytes([(*h)[0], (*h)[1]]),
+                    u16::from_be_bytes([(*h)[2], (*h)[3]]),
+                )
+            };
+            Some(L4 {
+                class: Class::Udp,
+                src_port,
+                dst_port,
+                ..L4::NONE
+            })
         }
-        _ => Some(Class::Other),
+        _ => Some(L4::NONE),
     }
 }

@@ -19,8 +19,12 @@ use aya::{
 };
 use ipnet::IpNet;
 use mitigator_common::{
-    counter_index, Class, Config, Counter, Reason, RuleValue, MAP_ALLOW_V4, MAP_ALLOW_V6,
-    MAP_BLOCK_V4, MAP_BLOCK_V6, MAP_CONFIG, MAP_COUNTERS, PROGRAM_NAME,
+    counter_index, Class, Config, Counter, Reason, RuleValue, SourceKey, ALLOW_V4_CAPACITY,
+    ALLOW_V6_CAPACITY, BLOCK_V4_CAPACITY, BLOCK_V6_CAPACITY, EVENT_ENTRIES, EVENT_SAMPLE,
+    EVENT_SAMPLE_CAPPED, EVENT_SAMPLE_LOST, EVENT_SOURCE_INSERT, EVENT_SYN_NO_LISTENER,
+    MAP_AGGREGATE, MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_BLOCK_V4, MAP_BLOCK_V6, MAP_CONFIG,
+    MAP_COUNTERS, MAP_EVENTS, MAP_PORTS, MAP_SAMPLES, MAP_SAMPLE_WINDOW, MAP_SOURCES, PORT_ENTRIES,
+    PROGRAM_NAME,
 };
 use tracing::{info, warn};
 
@@ -33,13 +37,21 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mi
 /// Default root under bpffs for pinned maps and links.
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/mitigator";
 
-const PINNED_MAPS: [&str; 6] = [
+/// Every map is pinned, so rules, counters, rate-limit state and config
+/// all carry over to the next daemon.
+const PINNED_MAPS: [&str; 12] = [
     MAP_ALLOW_V4,
     MAP_ALLOW_V6,
     MAP_BLOCK_V4,
     MAP_BLOCK_V6,
     MAP_COUNTERS,
     MAP_CONFIG,
+    MAP_PORTS,
+    MAP_SOURCES,
+    MAP_AGGREGATE,
+    MAP_EVENTS,
+    MAP_SAMPLES,
+    MAP_SAMPLE_WINDOW,
 ];
 /// The link is pinned as `link-native` or `link-skb`: bpffs holds only BPF
 /// objects, so the attach mode is recorded in the pin's name.
@@ -75,7 +87,9 @@ pub enum DatapathError {
 type Result<T> = std::result::Result<T, DatapathError>;
 
 /// How to attach: `Auto` tries native and falls back to generic with a warning.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum AttachMode {
     Auto,
@@ -87,6 +101,26 @@ pub struct DatapathOptions {
     pub iface: String,
     pub mode: AttachMode,
     pub pin_root: PathBuf,
+    /// Capacity of the per-source rate-limit table (an LRU).
+    pub source_capacity: u32,
+}
+
+/// How full one map is, for status and metrics.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MapFill {
+    pub name: &'static str,
+    pub entries: u64,
+    pub capacity: u64,
+}
+
+/// Per-CPU event counters summed (see `mitigator_common::EVENT_*`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Events {
+    pub sources_inserted: u64,
+    pub samples: u64,
+    pub samples_capped: u64,
+    pub samples_lost: u64,
+    pub syn_no_listener: u64,
 }
 
 pub struct Datapath {
@@ -101,6 +135,11 @@ pub struct Datapath {
     block_v6: LpmTrie<MapData, [u8; 16], RuleValue>,
     counters: PerCpuArray<MapData, Counter>,
     config: Array<MapData, Config>,
+    ports: Array<MapData, u32>,
+    sources: aya::maps::HashMap<MapData, SourceKey, u64>,
+    events: PerCpuArray<MapData, u64>,
+    samples: Option<aya::maps::RingBuf<MapData>>,
+    source_capacity: u32,
     /// Keeps the program loaded while we run; the pinned link keeps it attached.
     _ebpf: Ebpf,
     link: Option<PinnedLink>,
@@ -119,6 +158,7 @@ impl Datapath {
         std::fs::create_dir_all(&pin_dir).map_err(|e| pin_err(&pin_dir, e))?;
 
         let mut loader = EbpfLoader::new();
+        loader.map_max_entries(MAP_SOURCES, opts.source_capacity.max(1));
         let paths: Vec<(&str, PathBuf)> =
             PINNED_MAPS.iter().map(|m| (*m, pin_dir.join(m))).collect();
         for (name, path) in &paths {
@@ -135,7 +175,8 @@ impl Datapath {
             .ok_or_else(|| DatapathError::Load(format!("no program '{PROGRAM_NAME}' in object")))?
             .try_into()
             .map_err(|e: ProgramError| DatapathError::Load(e.to_string()))?;
-        prog.load().map_err(|e| DatapathError::Load(e.to_string()))?;
+        prog.load()
+            .map_err(|e| DatapathError::Load(e.to_string()))?;
 
         let adopted_link = LINK_PINS
             .iter()
@@ -159,6 +200,11 @@ impl Datapath {
             block_v6: take_map(&mut ebpf, MAP_BLOCK_V6)?,
             counters: take_map(&mut ebpf, MAP_COUNTERS)?,
             config: take_map(&mut ebpf, MAP_CONFIG)?,
+            ports: take_map(&mut ebpf, MAP_PORTS)?,
+            sources: take_map(&mut ebpf, MAP_SOURCES)?,
+            events: take_map(&mut ebpf, MAP_EVENTS)?,
+            samples: Some(take_map(&mut ebpf, MAP_SAMPLES)?),
+            source_capacity: opts.source_capacity.max(1),
             _ebpf: ebpf,
             link: Some(link),
         };
@@ -181,11 +227,99 @@ impl Datapath {
     }
 
     pub fn config(&self) -> Result<Config> {
-        self.config.get(&0, 0).map_err(|e| map_err(MAP_CONFIG_NAME, e))
+        self.config
+            .get(&0, 0)
+            .map_err(|e| map_err(MAP_CONFIG_NAME, e))
     }
 
     pub fn set_config(&mut self, cfg: Config) -> Result<()> {
-        self.config.set(0, cfg, 0).map_err(|e| map_err(MAP_CONFIG_NAME, e))
+        self.config
+            .set(0, cfg, 0)
+            .map_err(|e| map_err(MAP_CONFIG_NAME, e))
+    }
+
+    /// Replaces every port's `PORT_*` flags: ports not listed get 0.
+    pub fn set_port_flags(&mut self, flags: &[(u16, u32)]) -> Result<()> {
+        let mut table = vec![0u32; PORT_ENTRIES as usize];
+        for (port, f) in flags {
+            table[*port as usize] |= f;
+        }
+        for (port, f) in table.iter().enumerate() {
+            let current = self
+                .ports
+                .get(&(port as u32), 0)
+                .map_err(|e| map_err("PORTS", e))?;
+            if current != *f {
+                self.ports
+                    .set(port as u32, *f, 0)
+                    .map_err(|e| map_err("PORTS", e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Entries and capacity of the rule tries and the source table.
+    /// Counting walks the maps, so call it at scrape/status time, not per packet.
+    pub fn map_fill(&self) -> Result<Vec<MapFill>> {
+        let count = |n: usize| n as u64;
+        let block = self.entries(RuleKind::Block)?;
+        let allow = self.entries(RuleKind::Allow)?;
+        let v4 = |v: &Vec<(IpNet, RuleValue)>| {
+            count(v.iter().filter(|(n, _)| matches!(n, IpNet::V4(_))).count())
+        };
+        let v6 = |v: &Vec<(IpNet, RuleValue)>| {
+            count(v.iter().filter(|(n, _)| matches!(n, IpNet::V6(_))).count())
+        };
+        Ok(vec![
+            MapFill {
+                name: "block_v4",
+                entries: v4(&block),
+                capacity: BLOCK_V4_CAPACITY as u64,
+            },
+            MapFill {
+                name: "block_v6",
+                entries: v6(&block),
+                capacity: BLOCK_V6_CAPACITY as u64,
+            },
+            MapFill {
+                name: "allow_v4",
+                entries: v4(&allow),
+                capacity: ALLOW_V4_CAPACITY as u64,
+            },
+            MapFill {
+                name: "allow_v6",
+                entries: v6(&allow),
+                capacity: ALLOW_V6_CAPACITY as u64,
+            },
+            MapFill {
+                name: "sources",
+                entries: self.sources.keys().filter(|k| k.is_ok()).count() as u64,
+                capacity: self.source_capacity as u64,
+            },
+        ])
+    }
+
+    pub fn events(&self) -> Result<Events> {
+        let mut sums = [0u64; EVENT_ENTRIES as usize];
+        for (i, sum) in sums.iter_mut().enumerate() {
+            let per_cpu = self
+                .events
+                .get(&(i as u32), 0)
+                .map_err(|e| map_err("EVENTS", e))?;
+            *sum = per_cpu.iter().sum();
+        }
+        Ok(Events {
+            sources_inserted: sums[EVENT_SOURCE_INSERT as usize],
+            samples: sums[EVENT_SAMPLE as usize],
+            samples_capped: sums[EVENT_SAMPLE_CAPPED as usize],
+            samples_lost: sums[EVENT_SAMPLE_LOST as usize],
+            syn_no_listener: sums[EVENT_SYN_NO_LISTENER as usize],
+        })
+    }
+
+    /// Hands the sample ring buffer to its reader (once).
+    pub fn take_samples(&mut self) -> Option<aya::maps::RingBuf<MapData>> {
+        self.samples.take()
     }
 
     /// Adds a prefix to the allow or block trie. An entry that is already
@@ -312,7 +446,6 @@ fn v6_any() -> IpNet {
 }
 
 fn trie_name(kind: RuleKind, net: &IpNet) -> (&'static str, u32) {
-    use mitigator_common::*;
     match (kind, net) {
         (RuleKind::Allow, IpNet::V4(_)) => ("IPv4 allowlist", ALLOW_V4_CAPACITY),
         (RuleKind::Allow, IpNet::V6(_)) => ("IPv6 allowlist", ALLOW_V6_CAPACITY),

@@ -41,6 +41,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         iface: opts.iface.clone(),
         mode: opts.mode,
         pin_root: opts.pin_root.clone(),
+        source_capacity: mitigator_common::DEFAULT_SOURCE_CAPACITY,
     })?;
     let mut config = datapath.config()?;
     config.flags = if opts.monitor {
