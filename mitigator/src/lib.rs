@@ -5,8 +5,10 @@
 
 pub mod cli;
 pub mod client;
+pub mod config;
 pub mod daemon;
 pub mod datapath;
+pub mod metrics;
 pub mod prefix;
 pub mod protocol;
 pub mod rules;
