@@ -14,3 +14,4 @@ pub mod protocol;
 pub mod rules;
 pub mod state;
 pub mod stats;
+pub mod sysctl;

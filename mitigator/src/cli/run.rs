@@ -1,48 +1,91 @@
 //! `mitigator run`.
 
-use std::path::PathBuf;
+use std::{net::SocketAddr, path::PathBuf};
+
+use anyhow::Context;
 
 use crate::{
-    daemon::{self, server::AccessPolicy, RunOptions},
-    datapath::{AttachMode, DEFAULT_PIN_ROOT},
+    config::{parse_metrics_addr, Overrides, Settings},
+    daemon::{self, RunOptions},
+    datapath::AttachMode,
 };
+
+/// `--metrics-addr`: an address, or `off`.
+#[derive(Clone, Copy, Debug)]
+pub struct MetricsAddr(pub Option<SocketAddr>);
+
+fn metrics_addr_arg(s: &str) -> Result<MetricsAddr, String> {
+    parse_metrics_addr(s).map(MetricsAddr)
+}
 
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
     /// Interface to protect.
+    #[arg(long, required_unless_present = "check_config")]
+    pub iface: Option<String>,
+    /// Configuration file (TOML); see packaging/mitigator.toml. Flags win over it.
     #[arg(long)]
-    pub iface: String,
-    /// Control socket path.
-    #[arg(long, env = "MITIGATOR_SOCKET", default_value = super::DEFAULT_SOCKET)]
-    pub socket: PathBuf,
-    /// Where the rule store is kept.
-    #[arg(long, default_value = "/var/lib/mitigator")]
-    pub state_dir: PathBuf,
-    /// bpffs directory for pinned maps and links (one subdirectory per interface).
-    #[arg(long, default_value = DEFAULT_PIN_ROOT)]
-    pub pin_root: PathBuf,
-    /// XDP attach mode: auto tries native, then generic (skb) with a warning.
-    #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
-    pub mode: AttachMode,
+    pub config: Option<PathBuf>,
+    /// Control socket path [default: /run/mitigator/mitigator.sock].
+    #[arg(long, env = "MITIGATOR_SOCKET")]
+    pub socket: Option<PathBuf>,
+    /// Where the rule store is kept [default: /var/lib/mitigator].
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Prometheus metrics address (host:port), or `off` [default: 127.0.0.1:9947].
+    #[arg(long, value_parser = metrics_addr_arg)]
+    pub metrics_addr: Option<MetricsAddr>,
+    /// bpffs directory for pinned maps and links, one subdirectory per
+    /// interface [default: /sys/fs/bpf/mitigator].
+    #[arg(long)]
+    pub pin_root: Option<PathBuf>,
+    /// XDP attach mode: auto tries native, then generic (skb) with a warning [default: auto].
+    #[arg(long, value_enum)]
+    pub mode: Option<AttachMode>,
     /// Count what would be dropped but pass every packet.
     #[arg(long)]
     pub monitor: bool,
     /// Remove the XDP program and its pins when the daemon stops (default: keep enforcing).
     #[arg(long)]
     pub detach_on_exit: bool,
+    /// Validate the configuration (file and flags), print one line and exit:
+    /// 0 when valid, 1 when not. Attaches nothing, creates no socket.
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+impl RunArgs {
+    /// The file's settings with the flags applied.
+    fn settings(&self) -> anyhow::Result<Settings> {
+        let mut settings = Settings::load_or_default(self.config.as_deref())?;
+        settings.apply(Overrides {
+            socket: self.socket.clone(),
+            state_dir: self.state_dir.clone(),
+            pin_root: self.pin_root.clone(),
+            metrics_addr: self.metrics_addr.map(|m| m.0),
+            mode: self.mode,
+            monitor: self.monitor,
+        });
+        Ok(settings)
+    }
 }
 
 pub fn execute(args: RunArgs) -> anyhow::Result<()> {
+    let settings = args.settings()?;
+    if args.check_config {
+        if let Some(iface) = &args.iface {
+            nix::net::if_::if_nametoindex(iface.as_str())
+                .map_err(|_| anyhow::anyhow!("unknown network interface '{iface}'"))?;
+        }
+        println!("config {}: OK ({})", settings.label(), settings.summary());
+        return Ok(());
+    }
+    let iface = args.iface.context("--iface is required")?;
     init_logging();
     let opts = RunOptions {
-        iface: args.iface,
-        socket: args.socket,
-        state_dir: args.state_dir,
-        pin_root: args.pin_root,
-        mode: args.mode,
-        monitor: args.monitor,
+        iface,
+        settings,
         detach_on_exit: args.detach_on_exit,
-        policy: AccessPolicy::default(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -53,7 +96,8 @@ pub fn execute(args: RunArgs) -> anyhow::Result<()> {
 
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("MITIGATOR_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_env("MITIGATOR_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

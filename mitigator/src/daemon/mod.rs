@@ -1,94 +1,270 @@
-//! `mitigator run`: load or adopt the datapath, restore rules, serve the
-//! control socket, expire rules on time, and stop cleanly on a signal.
+//! `mitigator run`: load or adopt the datapath, apply the configuration,
+//! restore rules, serve the control socket and the metrics, expire rules on
+//! time, and stop cleanly on a signal.
 
 pub mod engine;
 pub mod server;
 
 use std::{
-    path::PathBuf,
+    collections::HashSet,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use anyhow::Context;
-use mitigator_common::{Config, FLAG_MONITOR};
+use ipnet::IpNet;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{info, warn};
 
 use crate::{
-    datapath::{AttachMode, Datapath, DatapathOptions},
+    config::Settings,
+    datapath::{Datapath, DatapathOptions, MapFill},
+    metrics::{self, Adaptive, CounterSample, Metrics, RuleCount, Snapshot},
+    protocol::{Reply, Request},
+    rules::{RuleKind, RuleSource},
     state::StateDir,
+    sysctl::SysctlGuard,
 };
-use engine::{now_secs, Engine};
+use engine::{now_secs, Caller, Engine};
 use server::AccessPolicy;
+
+/// The reason given to allow rules made from `[allowlist] prefixes`; rules
+/// with exactly this reason are the config's to add and remove.
+pub const CONFIG_ALLOW_REASON: &str = "config allowlist";
 
 pub struct RunOptions {
     pub iface: String,
-    pub socket: PathBuf,
-    pub state_dir: PathBuf,
-    pub pin_root: PathBuf,
-    pub mode: AttachMode,
-    pub monitor: bool,
+    /// The validated configuration, command-line flags applied.
+    pub settings: Settings,
     pub detach_on_exit: bool,
-    pub policy: AccessPolicy,
+}
+
+/// The daemon itself, as the caller of requests it makes on its own.
+fn own_caller() -> Caller {
+    Caller {
+        uid: nix::unistd::geteuid().as_raw(),
+        pid: Some(std::process::id() as i32),
+    }
 }
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
+    let s = &opts.settings;
     // Read the state first: a corrupt file must stop us before we touch anything.
-    let state = StateDir::new(&opts.state_dir);
+    let state = StateDir::new(&s.state_dir);
     let store = state.load()?;
     let mut datapath = Datapath::open(&DatapathOptions {
         iface: opts.iface.clone(),
-        mode: opts.mode,
-        pin_root: opts.pin_root.clone(),
-        source_capacity: mitigator_common::DEFAULT_SOURCE_CAPACITY,
+        mode: s.mode,
+        pin_root: s.pin_root.clone(),
+        source_capacity: s.tracked_sources,
     })?;
-    let mut config = datapath.config()?;
-    config.flags = if opts.monitor {
-        config.flags | FLAG_MONITOR
-    } else {
-        config.flags & !FLAG_MONITOR
-    };
-    datapath.set_config(Config { ..config })?;
-    if opts.monitor {
+    let (config, ports) = s.to_datapath();
+    datapath.set_config(config)?;
+    datapath.set_port_flags(&ports)?;
+    if s.monitor {
         warn!("monitor mode: decisions are counted but every packet passes");
     }
-    let engine = Engine::new(datapath, store, state, opts.monitor)?;
+    // XDP SYN cookies use the kernel's cookie code, which needs the sysctl on.
+    let mut syncookies = if s.defences.syn_cookie_ports.is_empty() {
+        None
+    } else {
+        SysctlGuard::enable_syncookies()
+            .map_err(|e| warn!(error = %e, "cannot make sure net.ipv4.tcp_syncookies is on; SYN cookies from XDP may not answer"))
+            .ok()
+    };
+    let mut engine = Engine::new(datapath, store, state, s.monitor)?;
+    apply_allowlist(&mut engine, s)?;
+    let started = now_secs();
     let engine = Arc::new(Mutex::new(engine));
-    let listener = server::bind(&opts.socket, opts.policy)?;
+
+    // Metrics before the control socket: once `status` answers, both are up.
+    let metrics_task = match s.metrics_addr {
+        Some(addr) => {
+            let listener = metrics::bind(addr).await?;
+            let source = Arc::new(EngineSource {
+                engine: engine.clone(),
+                slow: Adaptive::default(),
+            });
+            let metrics = Arc::new(Metrics::new(source, started as f64));
+            info!(addr = %addr, "serving Prometheus metrics at /metrics");
+            Some(tokio::spawn(metrics::serve(listener, metrics)))
+        }
+        None => None,
+    };
+    let policy = AccessPolicy {
+        group: s.socket_group.as_ref().map(|g| g.gid),
+    };
+    let listener = server::bind(&s.socket, policy)?;
     info!(
         iface = %opts.iface,
-        socket = %opts.socket.display(),
-        state_dir = %opts.state_dir.display(),
+        config = %s.label(),
+        socket = %s.socket.display(),
+        socket_group = s.socket_group.as_ref().map(|g| g.spec.as_str()),
+        state_dir = %s.state_dir.display(),
+        settings = %s.summary(),
         "mitigator running"
     );
 
     let serve = tokio::spawn(server::serve(
         listener,
         engine.clone(),
-        opts.policy,
-        opts.socket.clone(),
+        policy,
+        s.socket.clone(),
     ));
     let expiry = tokio::spawn(expire_loop(engine.clone()));
 
     wait_for_shutdown().await?;
     serve.abort();
     expiry.abort();
-    let _ = std::fs::remove_file(&opts.socket);
+    if let Some(t) = &metrics_task {
+        t.abort();
+    }
+    let _ = std::fs::remove_file(&s.socket);
 
     let _ = serve.await;
     let _ = expiry.await;
+    if let Some(t) = metrics_task {
+        let _ = t.await;
+    }
     let mut engine = engine.lock().unwrap_or_else(|p| p.into_inner());
     let datapath = engine.datapath_mut();
     if opts.detach_on_exit {
         datapath.detach_and_unpin()?;
+        if let Some(g) = syncookies.as_mut() {
+            g.restore();
+        }
     } else {
+        // The program keeps answering with cookies: keep the sysctl too.
+        std::mem::forget(syncookies.take());
         info!(
             iface = %opts.iface,
             "daemon stopping; XDP program and rules stay in force (pinned). Use --detach-on-exit to remove them"
         );
     }
     Ok(())
+}
+
+/// Makes the allow rules with reason `CONFIG_ALLOW_REASON` match
+/// `[allowlist] prefixes`: adds what is missing (a prefix already allowed
+/// by an operator rule is left as it is) and removes what the file no
+/// longer lists.
+fn apply_allowlist(engine: &mut Engine, s: &Settings) -> anyhow::Result<()> {
+    let caller = own_caller();
+    let Ok(Reply::Rules { rules }) = engine.handle(Request::List, caller) else {
+        anyhow::bail!("cannot list rules to apply the allowlist");
+    };
+    let allowed: HashSet<IpNet> = rules
+        .iter()
+        .filter(|r| r.rule.kind == RuleKind::Allow)
+        .map(|r| r.rule.prefix)
+        .collect();
+    let stale: Vec<String> = rules
+        .iter()
+        .filter(|r| {
+            r.rule.kind == RuleKind::Allow
+                && r.rule.reason == CONFIG_ALLOW_REASON
+                && !s.allowlist.contains(&r.rule.prefix)
+        })
+        .map(|r| r.rule.prefix.to_string())
+        .collect();
+    let missing: Vec<String> = s
+        .allowlist
+        .iter()
+        .filter(|n| !allowed.contains(n))
+        .map(|n| n.to_string())
+        .collect();
+    if !stale.is_empty() {
+        engine
+            .handle(
+                Request::Remove {
+                    kind: RuleKind::Allow,
+                    prefixes: stale.clone(),
+                },
+                caller,
+            )
+            .map_err(|e| anyhow::anyhow!("config {}: allowlist: {e}", s.label()))?;
+    }
+    if !missing.is_empty() {
+        engine
+            .handle(
+                Request::Add {
+                    kind: RuleKind::Allow,
+                    prefixes: missing.clone(),
+                    ttl_secs: None,
+                    reason: CONFIG_ALLOW_REASON.into(),
+                },
+                caller,
+            )
+            .map_err(|e| anyhow::anyhow!("config {}: allowlist.prefixes: {e}", s.label()))?;
+    }
+    info!(
+        prefixes = s.allowlist.len(),
+        added = missing.len(),
+        removed = stale.len(),
+        "allowlist from the config applied"
+    );
+    Ok(())
+}
+
+/// Scrape-time numbers from the engine. Counters and status are read on
+/// every scrape; rule counts by source and map fill walk the maps, so they
+/// are reused for a while when the walk is slow (a million rules).
+struct EngineSource {
+    engine: Arc<Mutex<Engine>>,
+    slow: Adaptive<(Vec<RuleCount>, Vec<MapFill>)>,
+}
+
+impl metrics::Source for EngineSource {
+    fn snapshot(&self) -> Result<Snapshot, String> {
+        let mut engine = self.engine.lock().unwrap_or_else(|p| p.into_inner());
+        let caller = own_caller();
+        let Reply::Status(status) = engine.handle(Request::Status, caller)? else {
+            return Err("unexpected status reply".into());
+        };
+        let counters = engine
+            .datapath()
+            .counters()
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|(reason, class, c)| CounterSample {
+                reason: reason.name(),
+                class: class.name(),
+                packets: c.packets,
+                bytes: c.bytes,
+            })
+            .collect();
+        let events = engine.datapath().events().ok();
+        let (rules, maps) = self.slow.get(|| {
+            let Reply::Rules { rules } = engine.handle(Request::List, caller)? else {
+                return Err("unexpected list reply".into());
+            };
+            let mut counts = Vec::new();
+            for kind in [RuleKind::Block, RuleKind::Allow] {
+                for source in [RuleSource::Operator, RuleSource::Auto] {
+                    let count = rules
+                        .iter()
+                        .filter(|r| r.rule.kind == kind && r.rule.source == source)
+                        .count() as u64;
+                    counts.push(RuleCount {
+                        kind: kind.as_str(),
+                        source: source.as_str(),
+                        count,
+                    });
+                }
+            }
+            let maps = engine.datapath().map_fill().map_err(|e| e.to_string())?;
+            Ok((counts, maps))
+        })?;
+        Ok(Snapshot {
+            interface: status.interface,
+            attach_mode: status.attach_mode,
+            monitor: status.monitor,
+            counters,
+            events,
+            rules,
+            maps,
+        })
+    }
 }
 
 async fn wait_for_shutdown() -> anyhow::Result<()> {

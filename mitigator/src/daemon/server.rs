@@ -23,10 +23,21 @@ pub struct AccessPolicy {
 }
 
 /// Binds the socket (replacing a stale one), mode 0660, group per policy.
+/// A missing parent directory is created 0755 (an existing one is left as
+/// it is): the socket's own mode is what keeps others out.
 pub fn bind(path: &Path, policy: AccessPolicy) -> anyhow::Result<UnixListener> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create socket directory {}", dir.display()))?;
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(dir)
+                .with_context(|| format!("cannot create socket directory {}", dir.display()))?;
+            // The umask may have taken bits away.
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+                .with_context(|| format!("cannot set mode 0755 on {}", dir.display()))?;
+        }
     }
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
@@ -40,8 +51,8 @@ pub fn bind(path: &Path, policy: AccessPolicy) -> anyhow::Result<UnixListener> {
     }
     let listener = UnixListener::bind(path)
         .with_context(|| format!("cannot bind control socket {}", path.display()))?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .with_context(|| format!("cannot set mode 0660 on {}", path.display()))?;
     if let Some(gid) = policy.group {
         nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid)))
             .with_context(|| format!("cannot set group {gid} on {}", path.display()))?;
@@ -85,7 +96,11 @@ async fn handle_client(
     };
     let (read, mut write) = stream.into_split();
     let response = if !permitted(cred.uid(), cred.gid(), cred.pid(), policy) {
-        warn!(uid = cred.uid(), pid = cred.pid(), "refused a client without permission");
+        warn!(
+            uid = cred.uid(),
+            pid = cred.pid(),
+            "refused a client without permission"
+        );
         Response::Error(format!(
             "permission denied: uid {} may not control mitigator (root or the socket's group only)",
             cred.uid()
@@ -148,9 +163,65 @@ fn supplementary_groups(pid: i32) -> Vec<u32> {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Groups:"))
-                .map(|g| g.split_whitespace().filter_map(|x| x.parse().ok()).collect())
+            s.lines().find_map(|l| l.strip_prefix("Groups:")).map(|g| {
+                g.split_whitespace()
+                    .filter_map(|x| x.parse().ok())
+                    .collect()
+            })
         })
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn socket_is_0660_with_the_group_in_a_0755_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("run/mitigator/mitigator.sock");
+        let gid = nix::unistd::getegid().as_raw();
+        let _listener = bind(&path, AccessPolicy { group: Some(gid) }).unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+        assert_eq!(meta.gid(), gid);
+        for dir in [
+            path.parent().unwrap(),
+            path.parent().unwrap().parent().unwrap(),
+        ] {
+            let mode = std::fs::metadata(dir).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o755, "{}", dir.display());
+        }
+        // A second daemon on the same socket is refused.
+        let err = bind(&path, AccessPolicy::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("another daemon is already listening on"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn who_is_permitted() {
+        let me = nix::unistd::geteuid().as_raw();
+        assert!(permitted(0, 0, None, AccessPolicy::default()));
+        assert!(permitted(me, 12345, None, AccessPolicy::default()));
+        let stranger = if me == 4242 { 4243 } else { 4242 };
+        assert!(!permitted(stranger, 4242, None, AccessPolicy::default()));
+        assert!(permitted(
+            stranger,
+            777,
+            None,
+            AccessPolicy { group: Some(777) }
+        ));
+        assert!(!permitted(
+            stranger,
+            778,
+            None,
+            AccessPolicy { group: Some(777) }
+        ));
+    }
 }
