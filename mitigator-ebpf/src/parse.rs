@@ -253,6 +253,15 @@ fn parse_ipv6(ctx: &XdpContext, off: usize) -> Parsed {
     }
 }
 
+/// `v`, with LLVM unable to see where it came from. The caller already
+/// checked `end <= frame length`; without this LLVM uses that to delete a
+/// later `ptr_at` bounds check as redundant, which the verifier rejects.
+#[inline(always)]
+fn opaque(mut v: usize) -> usize {
+    unsafe { core::arch::asm!("{0} = {0}", inout(reg) v, options(nomem, nostack)) };
+    v
+}
+
 #[inline(always)]
 fn is_ipv6_ext_header(next: u8) -> bool {
     matches!(
@@ -267,6 +276,7 @@ fn is_ipv6_ext_header(next: u8) -> bool {
 /// Ethernet padding, never an L4 header.
 #[inline(always)]
 fn parse_l4(ctx: &XdpContext, off: usize, end: usize, proto: u8, icmp: bool) -> Option<L4> {
+    let end = opaque(end);
     if icmp {
         if off + 4 > end {
             return None;
