@@ -51,6 +51,8 @@ pub struct Opts {
 enum Rx {
     /// A bare XDP_DROP program: the floor.
     Floor,
+    /// The floor plus a read of the frame's first cache line.
+    FloorRead,
     None,
     Iptables,
     Nftables,
@@ -66,6 +68,8 @@ enum Flood {
     OverLimit,
     /// SYNs to the cookie-protected port.
     Syn,
+    /// SYNs to the cookie-protected port, a random source each (65,536).
+    SynSpoofed,
 }
 
 struct Case {
@@ -75,11 +79,17 @@ struct Case {
     flood: Flood,
 }
 
-const CASES: [Case; 8] = [
+const CASES: [Case; 10] = [
     Case {
         id: "xdp-drop",
         label: "floor: bare XDP_DROP program",
         rx: Rx::Floor,
+        flood: Flood::Blocked,
+    },
+    Case {
+        id: "xdp-drop-read",
+        label: "floor that reads the header (XDP_DROP after loading the first cache line)",
+        rx: Rx::FloorRead,
         flood: Flood::Blocked,
     },
     Case {
@@ -120,9 +130,15 @@ const CASES: [Case; 8] = [
     },
     Case {
         id: "mitigator-syn",
-        label: "mitigator: SYN flood → XDP SYN cookies",
+        label: "mitigator: SYN flood, one source → XDP SYN cookies",
         rx: Rx::Mitigator,
         flood: Flood::Syn,
+    },
+    Case {
+        id: "mitigator-syn-spoofed",
+        label: "mitigator: SYN flood, random sources (65,536) → XDP SYN cookies",
+        rx: Rx::Mitigator,
+        flood: Flood::SynSpoofed,
     },
 ];
 
@@ -133,6 +149,11 @@ pub struct Sample {
     pub received: u64,
     pub napi_ns: u64,
     pub reached_ip: u64,
+    /// Busy time of the receiver's CPU not spent in the receiver's thread
+    /// (other work on a shared machine), ns.
+    pub other_ns: u64,
+    /// NET_RX softirqs on the receiver's CPU (not ours: see sys::net_rx_softirqs).
+    pub foreign_softirqs: u64,
 }
 
 pub struct Row {
@@ -145,6 +166,10 @@ pub struct Row {
     pub ns_per_packet: f64,
     pub napi_busy: f64,
     pub reached_ip_fraction: f64,
+    /// Median share of the receiver's CPU busy with something else.
+    pub other_busy: f64,
+    /// Median NET_RX softirqs per second on the receiver's CPU.
+    pub foreign_softirqs_per_s: f64,
     pub samples: Vec<Sample>,
 }
 
@@ -175,6 +200,7 @@ struct Topology {
     g: String,
     r: String,
     idle: String,
+    idle_peer: String,
 }
 
 impl Topology {
@@ -218,6 +244,7 @@ impl Topology {
             g,
             r,
             idle,
+            idle_peer,
         })
     }
 
@@ -323,9 +350,12 @@ pub fn run(object: &[u8], opts: Opts) -> Result<Results> {
     let gen_ifindex = topo.gen.ifindex(&topo.g)?;
 
     let mut gen_prog = Tiny::load(XDP_TX)?;
+    let mut spoofer = Tiny::spoofer()?;
+    let mut read_drop = Tiny::read_drop()?;
     let mut sink = Tiny::load(XDP_DROP)?;
     let mut pass = Tiny::load(XDP_PASS)?;
     let idle_link = attach(gen_prog.prog_mut(), &topo.gen, &topo.idle)?;
+    let idle_link2 = attach(spoofer.prog_mut(), &topo.gen, &topo.idle_peer)?;
     let sink_link = attach(sink.prog_mut(), &topo.gen, &topo.g)?;
     topo.napi(&topo.gen, &topo.g, 0)?;
 
@@ -359,7 +389,7 @@ pub fn run(object: &[u8], opts: Opts) -> Result<Results> {
             Flood::OverLimit => {
                 Frame::udp64(L3::V4(Ipv4Addr::new(10, 99, 0, 1), dst), 40000, 9, None)
             }
-            Flood::Syn => Frame::new(
+            Flood::Syn | Flood::SynSpoofed => Frame::new(
                 L3::V4(Ipv4Addr::new(10, 99, 0, 5), dst),
                 L4::Tcp {
                     sport: 41000,
@@ -369,7 +399,8 @@ pub fn run(object: &[u8], opts: Opts) -> Result<Results> {
                     ack: 0,
                     options: linux_syn_options(),
                 },
-            ),
+            )
+            .spoofable(),
         };
         f.dst_mac = rmac;
         f.src_mac = gmac;
@@ -389,6 +420,9 @@ pub fn run(object: &[u8], opts: Opts) -> Result<Results> {
                 }
                 Rx::Floor => {
                     link = Some((attach(sink.prog_mut(), &topo.rx, &topo.r)?, 2));
+                }
+                Rx::FloorRead => {
+                    link = Some((attach(read_drop.prog_mut(), &topo.rx, &topo.r)?, 3));
                 }
                 Rx::XdpFilter => {
                     topo.rx
@@ -421,7 +455,12 @@ pub fn run(object: &[u8], opts: Opts) -> Result<Results> {
                 }
                 _ => {}
             }
-            let measured = measure(&topo, &gen_prog, gen_ifindex, &f, opts.seconds);
+            let generator = if case.flood == Flood::SynSpoofed {
+                &spoofer
+            } else {
+                &gen_prog
+            };
+            let measured = measure(&topo, generator, gen_ifindex, &f, opts.seconds);
             // Tear down whatever happened.
             match case.rx {
                 Rx::Iptables => {
@@ -441,12 +480,13 @@ pub fn run(object: &[u8], opts: Opts) -> Result<Results> {
                 match which {
                     0 => detach(pass.prog_mut(), id),
                     1 => detach(mitigator.prog_mut(), id),
+                    3 => detach(read_drop.prog_mut(), id),
                     _ => detach(sink.prog_mut(), id),
                 }
             }
             let s = measured.with_context(|| format!("flood against {}", case.id))?;
             println!(
-                "  run {}/{} {:16} sent {:5.2} Mpps, received {:5.2} Mpps, {:6.1} ns/pkt, NAPI busy {:3.0}%, reached IP {:.3}",
+                "  run {}/{} {:16} sent {:5.2} Mpps, received {:5.2} Mpps, {:6.1} ns/pkt, NAPI busy {:3.0}%, other work on its CPU {:3.0}%, NET_RX softirqs there {:.0}/s, reached IP {:.3}",
                 run + 1,
                 opts.runs,
                 case.id,
@@ -454,6 +494,8 @@ pub fn run(object: &[u8], opts: Opts) -> Result<Results> {
                 s.received as f64 / s.seconds / 1e6,
                 s.napi_ns as f64 / s.received.max(1) as f64,
                 s.napi_ns as f64 / s.seconds / 1e7,
+                s.other_ns as f64 / s.seconds / 1e7,
+                s.foreign_softirqs as f64 / s.seconds,
                 s.reached_ip as f64 / s.received.max(1) as f64,
             );
             samples[ci].push(s);
@@ -462,6 +504,7 @@ pub fn run(object: &[u8], opts: Opts) -> Result<Results> {
     drop(listener);
     detach(sink.prog_mut(), sink_link);
     detach(gen_prog.prog_mut(), idle_link);
+    detach(spoofer.prog_mut(), idle_link2);
 
     let rows = CASES
         .iter()
@@ -477,6 +520,8 @@ pub fn run(object: &[u8], opts: Opts) -> Result<Results> {
                 ns_per_packet: m(&|x| x.napi_ns as f64 / x.received.max(1) as f64),
                 napi_busy: m(&|x| x.napi_ns as f64 / 1e9 / x.seconds),
                 reached_ip_fraction: m(&|x| x.reached_ip as f64 / x.received.max(1) as f64),
+                other_busy: m(&|x| x.other_ns as f64 / 1e9 / x.seconds),
+                foreign_softirqs_per_s: m(&|x| x.foreign_softirqs as f64 / x.seconds),
                 samples: s,
             }
         })
@@ -486,7 +531,7 @@ pub fn run(object: &[u8], opts: Opts) -> Result<Results> {
         rows,
         seconds: opts.seconds,
         runs: opts.runs,
-        generator: "BPF_PROG_TEST_RUN live frames (XDP_TX program, batch 64) on CPU 0".into(),
+        generator: "BPF_PROG_TEST_RUN live frames (XDP_TX program, batch 64; for the spoofed flood a program that also writes a random 16-bit source word) on CPU 0".into(),
         receiver_cpu: 1,
         generator_cpu: 0,
     })
@@ -505,10 +550,14 @@ fn measure(
     let rx0 = topo.rx.rx_stats(&topo.r)?.0;
     let ip0 = ip_in_receives(&topo.rx);
     let t0 = sys::task_runtime_ns(napi)?;
+    let c0 = sys::cpu_busy_ns(1);
+    let n0 = sys::net_rx_softirqs(1);
     let (sent, secs) = generate(gen.prog(), &topo.gen.path(), ifindex, frame, seconds)?;
     // Let the receiver drain its ring.
     thread::sleep(Duration::from_millis(100));
     let t1 = sys::task_runtime_ns(napi)?;
+    let c1 = sys::cpu_busy_ns(1);
+    let n1 = sys::net_rx_softirqs(1);
     let rx1 = topo.rx.rx_stats(&topo.r)?.0;
     let ip1 = ip_in_receives(&topo.rx);
     Ok(Sample {
@@ -517,5 +566,7 @@ fn measure(
         received: rx1.saturating_sub(rx0),
         napi_ns: t1.saturating_sub(t0),
         reached_ip: ip1.saturating_sub(ip0),
+        other_ns: c1.saturating_sub(c0).saturating_sub(t1.saturating_sub(t0)),
+        foreign_softirqs: n1.saturating_sub(n0),
     })
 }

@@ -43,6 +43,10 @@ pub struct Frame {
     pub l3: L3,
     pub l4: L4,
     pub payload: Vec<u8>,
+    /// IPv4 identification (default 1).
+    pub ip_id: u16,
+    /// TCP urgent pointer (default 0; no URG flag is ever set).
+    pub tcp_urg: u16,
 }
 
 /// The options of a Linux SYN: MSS 1460, SACK permitted, timestamps, NOP,
@@ -66,7 +70,21 @@ impl Frame {
             l3,
             l4,
             payload: Vec::new(),
+            ip_id: 1,
+            tcp_urg: 0,
         }
+    }
+
+    /// Ready for the spoofing generator (elf.rs): identification and urgent
+    /// pointer set to the complement of the source address's low word.
+    pub fn spoofable(mut self) -> Self {
+        if let L3::V4(src, _) = self.l3 {
+            let o = src.octets();
+            let w = !u16::from_be_bytes([o[2], o[3]]);
+            self.ip_id = w;
+            self.tcp_urg = w;
+        }
+        self
     }
 
     pub fn build(&self) -> Vec<u8> {
@@ -113,7 +131,8 @@ impl Frame {
                 f.extend_from_slice(&0x0800u16.to_be_bytes());
                 let mut h = vec![0x45, 0];
                 h.extend_from_slice(&((20 + seg_len) as u16).to_be_bytes());
-                h.extend_from_slice(&[0, 1, 0x40, 0, 64, proto, 0, 0]);
+                h.extend_from_slice(&self.ip_id.to_be_bytes());
+                h.extend_from_slice(&[0x40, 0, 64, proto, 0, 0]);
                 h.extend_from_slice(&s.octets());
                 h.extend_from_slice(&d.octets());
                 let c = checksum(&h);
@@ -175,7 +194,8 @@ impl Frame {
                 h.push((doff as u8) << 4);
                 h.push(*flags);
                 h.extend_from_slice(&64240u16.to_be_bytes());
-                h.extend_from_slice(&[0, 0, 0, 0]);
+                h.extend_from_slice(&[0, 0]);
+                h.extend_from_slice(&self.tcp_urg.to_be_bytes());
                 h.extend_from_slice(options);
                 h
             }
@@ -197,6 +217,17 @@ fn l3_len(l3: &L3) -> usize {
     match l3 {
         L3::V4(..) => 20,
         L3::V6(_, _, ext) => 40 + 8 * ext,
+    }
+}
+
+/// What the spoofing generator does, in userspace: source low word `w`,
+/// identification and urgent pointer `!w` (checksums stay valid for a
+/// frame built with [`Frame::spoofable`]).
+pub fn spoof(frame: &mut [u8], w: u16) {
+    if frame.len() >= 54 {
+        frame[28..30].copy_from_slice(&w.to_be_bytes());
+        frame[18..20].copy_from_slice(&(!w).to_be_bytes());
+        frame[52..54].copy_from_slice(&(!w).to_be_bytes());
     }
 }
 
@@ -226,6 +257,35 @@ mod tests {
         assert_eq!(v.len(), 64);
         assert_eq!(v[12..16], [0x81, 0x00, 0, 7]);
         assert_eq!(checksum(&v[18..38]), 0);
+    }
+
+    /// What the spoofing generator does to a frame must keep both checksums.
+    #[test]
+    fn spoofed_frames_keep_valid_checksums() {
+        let f = Frame::new(
+            L3::V4("10.99.0.5".parse().unwrap(), "10.201.0.2".parse().unwrap()),
+            L4::Tcp {
+                sport: 1,
+                dport: 80,
+                flags: TCP_SYN,
+                seq: 1,
+                ack: 0,
+                options: linux_syn_options(),
+            },
+        )
+        .spoofable()
+        .build();
+        for r in [0u16, 1, 0x1234, 0xffff] {
+            let mut g = f.clone();
+            g[28..30].copy_from_slice(&r.to_le_bytes());
+            g[18..20].copy_from_slice(&(!r).to_le_bytes());
+            g[52..54].copy_from_slice(&(!r).to_le_bytes());
+            assert_eq!(checksum(&g[14..34]), 0, "IP header");
+            let mut pseudo = g[26..34].to_vec();
+            pseudo.extend_from_slice(&[0, 6, 0, (g.len() - 34) as u8]);
+            pseudo.extend_from_slice(&g[34..]);
+            assert_eq!(checksum(&pseudo), 0, "TCP");
+        }
     }
 
     #[test]

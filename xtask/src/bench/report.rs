@@ -105,6 +105,45 @@ impl Report {
         }
         if let Some(l) = &self.live {
             let get = |id: &str| l.rows.iter().find(|r| r.id == id);
+            if let (Some(m), Some(f)) = (get("mitigator-block"), get("xdp-drop")) {
+                let x = ratio(m.ns_per_packet, f.ns_per_packet);
+                let read = get("xdp-drop-read")
+                    .map(|r| {
+                        format!(
+                            "; {:.2}× the floor that reads the header ({:.0} ns)",
+                            ratio(m.ns_per_packet, r.ns_per_packet),
+                            r.ns_per_packet
+                        )
+                    })
+                    .unwrap_or_default();
+                let rate = get("mitigator-rate")
+                    .map(|r| {
+                        format!(
+                            "; rate-limit drop {:.2}× the bare floor",
+                            ratio(r.ns_per_packet, f.ns_per_packet)
+                        )
+                    })
+                    .unwrap_or_default();
+                t.push((
+                    "full packet path ≤ 1.5× the bare-drop floor (veth flood, receiver CPU per packet)".into(),
+                    format!(
+                        "blocklist drop {x:.2}× the bare floor ({:.0} vs {:.0} ns){read}{rate}",
+                        m.ns_per_packet, f.ns_per_packet
+                    ),
+                    Some(x <= 1.5),
+                ));
+            }
+            if let (Some(m), Some(x)) = (get("mitigator-block"), get("xdp-filter")) {
+                let r = ratio(m.ns_per_packet, x.ns_per_packet);
+                t.push((
+                    "no slower than xdp-filter (veth flood, receiver CPU per packet)".into(),
+                    format!(
+                        "blocklist drop {r:.2}× xdp-filter ({:.0} vs {:.0} ns)",
+                        m.ns_per_packet, x.ns_per_packet
+                    ),
+                    Some(r <= 1.0),
+                ));
+            }
             if let (Some(m), Some(n)) = (get("mitigator-block"), get("nftables")) {
                 let x = ratio(m.received_pps, n.received_pps);
                 t.push((
@@ -284,7 +323,7 @@ impl Report {
             for r in &l.rows {
                 let _ = writeln!(
                     s,
-                    "| {} `{}` | {} B | {:.2} | {:.2} | {:.0} | {:.0}% | {:.2} | {} | {:.1}% |",
+                    "| {} `{}` | {} B | {:.2} | {:.2} | {:.0} | {:.0}% | {:.2} | {} | {:.1}% | {:.0}% | {:.0} |",
                     r.label,
                     r.id,
                     r.frame_len,
@@ -296,11 +335,13 @@ impl Report {
                     nft.map(|n| format!("{:.2}×", ratio(r.received_pps, n)))
                         .unwrap_or_else(|| "–".into()),
                     r.reached_ip_fraction * 100.0,
+                    r.other_busy * 100.0,
+                    r.foreign_softirqs_per_s,
                 );
             }
             let _ = writeln!(
                 s,
-                "\n\"received\" counts every frame the receiving veth took in (all of them are dropped, answered or refused by the configuration under test); \"one-core capacity\" is 1000 / ns per packet. \"reached the IP stack\" is `Ip: InReceives` over frames received: 100% for no filter and iptables (the raw table sits after the IP layer's receive), ~0% for the drops before it.\n"
+                "\n\"received\" counts every frame the receiving veth took in (all of them are dropped, answered or refused by the configuration under test); \"one-core capacity\" is 1000 / ns per packet. \"reached the IP stack\" is `Ip: InReceives` over frames received: 100% for no filter and iptables (the raw table sits after the IP layer's receive), ~0% for the drops before it. \"other work on the receiver's CPU\" is that CPU's busy time (/proc/stat) not spent in the receiver's thread: on a shared machine, softirq work of other traffic that lands on that CPU is charged to whichever thread is running (this kernel has no IRQ time accounting), and \"other NET_RX softirqs\" counts network softirqs on that CPU, which threaded NAPI does not raise: other traffic on the machine (a test's flood, say), whose time the kernel (no IRQ time accounting here) charges to whatever thread it interrupts — ours included. Runs with either high are suspect.\n"
             );
         }
 
@@ -383,10 +424,12 @@ impl Report {
                     "received_pps": r.received_pps,
                     "receiver_ns_per_packet": r.ns_per_packet,
                     "receiver_busy_fraction": r.napi_busy,
+                    "other_work_on_receiver_cpu_fraction": r.other_busy,
+                    "other_net_rx_softirqs_per_second": r.foreign_softirqs_per_s,
                     "reached_ip_fraction": r.reached_ip_fraction,
                     "runs": r.samples.iter().map(|x| json!({
                         "seconds": x.seconds, "sent": x.sent, "received": x.received,
-                        "receiver_cpu_ns": x.napi_ns, "reached_ip": x.reached_ip,
+                        "receiver_cpu_ns": x.napi_ns, "reached_ip": x.reached_ip, "other_cpu_ns": x.other_ns, "other_net_rx_softirqs": x.foreign_softirqs,
                     })).collect::<Vec<_>>(),
                 })).collect::<Vec<_>>(),
             })

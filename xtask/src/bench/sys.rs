@@ -212,6 +212,49 @@ pub fn task_runtime_ns(pid: i32) -> Result<u64> {
         .ok_or_else(|| anyhow!("bad /proc/{pid}/schedstat"))
 }
 
+/// Busy time of one CPU in ns from /proc/stat (user, nice, system, irq,
+/// softirq, steal; 10 ms resolution).
+pub fn cpu_busy_ns(cpu: usize) -> u64 {
+    let Ok(stat) = fs::read_to_string("/proc/stat") else {
+        return 0;
+    };
+    let tag = format!("cpu{cpu} ");
+    let Some(line) = stat.lines().find(|l| l.starts_with(&tag)) else {
+        return 0;
+    };
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let busy: u64 = [0usize, 1, 2, 5, 6, 7]
+        .iter()
+        .filter_map(|&i| v.get(i))
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    busy * 1_000_000_000 / hz
+}
+
+/// NET_RX softirqs run so far on one CPU (/proc/softirqs). Threaded NAPI
+/// does not raise them, so during a flood they count other network work
+/// on that CPU — whose time this kernel (no IRQ time accounting) charges
+/// to whatever thread it interrupted.
+pub fn net_rx_softirqs(cpu: usize) -> u64 {
+    fs::read_to_string("/proc/softirqs")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.trim_start().starts_with("NET_RX:"))
+                .and_then(|l| {
+                    l.split_whitespace()
+                        .nth(cpu + 1)
+                        .and_then(|v| v.parse().ok())
+                })
+        })
+        .unwrap_or(0)
+}
+
 /// The kernel thread that runs a device's NAPI when threaded NAPI is on
 /// (`napi/IFACE-ID`).
 pub fn napi_thread(iface: &str) -> Option<i32> {

@@ -23,7 +23,7 @@ use super::{
     elf::{Tiny, XDP_DROP},
     median,
     mitigator::{full_config, udp_limited_config, Mitigator, COOKIE_PORT},
-    pkt::{linux_syn_options, Frame, L3, L4, TCP_ACK, TCP_SYN},
+    pkt::{linux_syn_options, spoof, Frame, L3, L4, TCP_ACK, TCP_SYN},
     prefixes::{self, BLOCKED_V4, BLOCKED_V6},
     sys::{self, Netns},
 };
@@ -217,9 +217,12 @@ fn time(prog: &Xdp, frame: &[u8], method: Method, opts: &Opts) -> Result<f64> {
     match method {
         Method::Repeat => Ok(run_once(prog, frame, opts.repeat)?.1),
         Method::Calls => {
+            // A different source on every call (65,536 in rotation).
+            let mut f = frame.to_vec();
             let mut total = 0.0;
-            for _ in 0..opts.calls {
-                total += run_once(prog, frame, 1)?.1;
+            for i in 0..opts.calls {
+                spoof(&mut f, i as u16);
+                total += run_once(prog, &f, 1)?.1;
             }
             Ok(total / opts.calls as f64)
         }
@@ -271,7 +274,7 @@ fn classes() -> Vec<Class> {
         },
         Class {
             id: "syn-cookie",
-            label: "SYN to a protected port → SYN-ACK cookie (XDP_TX)",
+            label: "SYN to a protected port, a new source each packet (65,536 in rotation) → SYN-ACK cookie (XDP_TX)",
             frame: syn,
             method: Method::Calls,
             inst: Inst::M1,
