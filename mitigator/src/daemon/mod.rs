@@ -49,6 +49,15 @@ fn own_caller() -> Caller {
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let s = &opts.settings;
+    server::check_not_running(&s.socket)?;
+    if nix::net::if_::if_nametoindex(opts.iface.as_str()).is_err() {
+        return Err(crate::datapath::DatapathError::UnknownInterface(opts.iface.clone()).into());
+    }
+    // Claim the metrics port before touching anything (served later).
+    let metrics_listener = match s.metrics_addr {
+        Some(addr) => Some(metrics::bind(addr).await?),
+        None => None,
+    };
     // Read the state first: a corrupt file must stop us before we touch anything.
     let state = StateDir::new(&s.state_dir);
     let store = state.load()?;
@@ -64,12 +73,13 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     if s.monitor {
         warn!("monitor mode: decisions are counted but every packet passes");
     }
-    // XDP SYN cookies use the kernel's cookie code, which needs the sysctl on.
-    let mut syncookies = if s.defences.syn_cookie_ports.is_empty() {
+    // XDP SYN cookies use the kernel's cookie code, which only issues a
+    // cookie on request while net.ipv4.tcp_syncookies is 2 (always).
+    let mut syncookies = if !s.defences.syn_cookies || s.defences.syn_cookie_ports.is_empty() {
         None
     } else {
         SysctlGuard::enable_syncookies()
-            .map_err(|e| warn!(error = %e, "cannot make sure net.ipv4.tcp_syncookies is on; SYN cookies from XDP may not answer"))
+            .map_err(|e| warn!(error = %e, "cannot set net.ipv4.tcp_syncookies=2; SYN cookies from XDP will not answer"))
             .ok()
     };
     let mut engine = Engine::new(datapath, store, state, s.monitor)?;
@@ -77,24 +87,22 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let started = now_secs();
     let engine = Arc::new(Mutex::new(engine));
 
-    // Metrics before the control socket: once `status` answers, both are up.
-    let metrics_task = match s.metrics_addr {
-        Some(addr) => {
-            let listener = metrics::bind(addr).await?;
-            let source = Arc::new(EngineSource {
-                engine: engine.clone(),
-                slow: Adaptive::default(),
-            });
-            let metrics = Arc::new(Metrics::new(source, started as f64));
-            info!(addr = %addr, "serving Prometheus metrics at /metrics");
-            Some(tokio::spawn(metrics::serve(listener, metrics)))
-        }
-        None => None,
-    };
+    // Metrics are served from before the control socket answers.
     let policy = AccessPolicy {
         group: s.socket_group.as_ref().map(|g| g.gid),
     };
     let listener = server::bind(&s.socket, policy)?;
+    let metrics_task = metrics_listener.map(|metrics_listener| {
+        let source = Arc::new(EngineSource {
+            engine: engine.clone(),
+            slow: Adaptive::default(),
+        });
+        let metrics = Arc::new(Metrics::new(source, started as f64));
+        if let Ok(addr) = metrics_listener.local_addr() {
+            info!(addr = %addr, "serving Prometheus metrics at /metrics");
+        }
+        tokio::spawn(metrics::serve(metrics_listener, metrics))
+    });
     info!(
         iface = %opts.iface,
         config = %s.label(),

@@ -22,6 +22,18 @@ pub struct AccessPolicy {
     pub group: Option<u32>,
 }
 
+/// Fails when a daemon answers on `path`: checked before anything is
+/// touched, so a second `mitigator run` changes nothing.
+pub fn check_not_running(path: &Path) -> anyhow::Result<()> {
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        anyhow::bail!(
+            "another daemon is already listening on {} (stop it first)",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 /// Binds the socket (replacing a stale one), mode 0660, group per policy.
 /// A missing parent directory is created 0755 (an existing one is left as
 /// it is): the socket's own mode is what keeps others out.
@@ -40,12 +52,7 @@ pub fn bind(path: &Path, policy: AccessPolicy) -> anyhow::Result<UnixListener> {
         }
     }
     if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            anyhow::bail!(
-                "another daemon is already listening on {} (stop it first)",
-                path.display()
-            );
-        }
+        check_not_running(path)?;
         std::fs::remove_file(path)
             .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
     }
@@ -101,12 +108,24 @@ async fn handle_client(
             pid = cred.pid(),
             "refused a client without permission"
         );
+        // Take the request off the socket (unread, discarded) before
+        // answering: closing a Unix socket the client is still writing to
+        // makes its write fail with EPIPE, and it would never see why.
+        discard_request(read).await;
         Response::Error(format!(
             "permission denied: uid {} may not control mitigator (root or the socket's group only)",
             cred.uid()
         ))
     } else {
-        match read_request(read).await {
+        let request = tokio::time::timeout(REQUEST_TIMEOUT, read_request(read))
+            .await
+            .unwrap_or_else(|_| {
+                Err(format!(
+                    "malformed request: no complete request line within {}s",
+                    REQUEST_TIMEOUT.as_secs()
+                ))
+            });
+        match request {
             Ok(request) => {
                 let engine = engine.clone();
                 tokio::task::spawn_blocking(move || {
@@ -126,6 +145,30 @@ async fn handle_client(
     write.write_all(&line).await?;
     write.shutdown().await?;
     Ok(())
+}
+
+/// How long a client may take to send its request line.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Reads and drops a refused client's request: up to its newline, EOF,
+/// `MAX_REQUEST_BYTES` or `REQUEST_TIMEOUT`, through a fixed buffer.
+async fn discard_request(mut read: tokio::net::unix::OwnedReadHalf) {
+    let drain = async {
+        let mut buf = [0u8; 8192];
+        let mut total = 0usize;
+        while total <= MAX_REQUEST_BYTES {
+            match read.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    total += n;
+                    if buf[..n].contains(&b'\n') {
+                        return;
+                    }
+                }
+            }
+        }
+    };
+    let _ = tokio::time::timeout(REQUEST_TIMEOUT, drain).await;
 }
 
 /// Reads one newline-terminated request, refusing oversize or malformed ones.
