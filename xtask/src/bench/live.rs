@@ -171,6 +171,8 @@ pub struct Row {
     /// Median NET_RX softirqs per second on the receiver's CPU.
     pub foreign_softirqs_per_s: f64,
     pub samples: Vec<Sample>,
+    /// Why a configuration has no samples (empty when measured).
+    pub note: String,
 }
 
 pub struct Results {
@@ -408,59 +410,66 @@ pub fn run(object: &[u8], opts: Opts) -> Result<Results> {
     };
 
     let mut samples: Vec<Vec<Sample>> = CASES.iter().map(|_| Vec::new()).collect();
+    let mut notes: Vec<String> = CASES.iter().map(|_| String::new()).collect();
     for run in 0..opts.runs {
         for (ci, case) in CASES.iter().enumerate() {
             util::check_interrupted()?;
             let f = frame(case.flood);
-            // Set up the receiver.
+            // Set up the receiver; a configuration that cannot be set up
+            // (a tool missing, say) is reported and skipped.
             let mut link = None;
-            match case.rx {
-                Rx::None | Rx::Iptables | Rx::Nftables => {
-                    link = Some((attach(pass.prog_mut(), &topo.rx, &topo.r)?, 0));
+            let setup = (|| -> Result<()> {
+                match case.rx {
+                    Rx::None | Rx::Iptables | Rx::Nftables => {
+                        link = Some((attach(pass.prog_mut(), &topo.rx, &topo.r)?, 0));
+                    }
+                    Rx::Floor => {
+                        link = Some((attach(sink.prog_mut(), &topo.rx, &topo.r)?, 2));
+                    }
+                    Rx::FloorRead => {
+                        link = Some((attach(read_drop.prog_mut(), &topo.rx, &topo.r)?, 3));
+                    }
+                    Rx::XdpFilter => {
+                        topo.rx
+                            .run("xdp-filter", &["load", &topo.r, "-m", "native"])?;
+                        topo.rx
+                            .run("xdp-filter", &["ip", &BLOCKED_V4.to_string(), "-m", "src"])?;
+                    }
+                    Rx::Mitigator => {
+                        link = Some((attach(mitigator.prog_mut(), &topo.rx, &topo.r)?, 1));
+                    }
                 }
-                Rx::Floor => {
-                    link = Some((attach(sink.prog_mut(), &topo.rx, &topo.r)?, 2));
+                let net = format!("{}/{}", BLOCKED_V4_NET.0, BLOCKED_V4_NET.1);
+                match case.rx {
+                    Rx::Iptables => {
+                        topo.rx.run(
+                            "iptables",
+                            &["-t", "raw", "-A", "PREROUTING", "-s", &net, "-j", "DROP"],
+                        )?;
+                    }
+                    Rx::Nftables => {
+                        let rules = format!(
+                            "table netdev mbbench {{\n  chain ingress {{\n    type filter hook ingress device \"{}\" priority -500;\n    ip saddr {} drop\n  }}\n}}\n",
+                            topo.r, net
+                        );
+                        let file = std::env::temp_dir().join(format!("mbbench-{}.nft", opts.id));
+                        std::fs::write(&file, rules)?;
+                        let res = topo.rx.run("nft", &["-f", &file.to_string_lossy()]);
+                        let _ = std::fs::remove_file(&file);
+                        res?;
+                    }
+                    _ => {}
                 }
-                Rx::FloorRead => {
-                    link = Some((attach(read_drop.prog_mut(), &topo.rx, &topo.r)?, 3));
-                }
-                Rx::XdpFilter => {
-                    topo.rx
-                        .run("xdp-filter", &["load", &topo.r, "-m", "native"])?;
-                    topo.rx
-                        .run("xdp-filter", &["ip", &BLOCKED_V4.to_string(), "-m", "src"])?;
-                }
-                Rx::Mitigator => {
-                    link = Some((attach(mitigator.prog_mut(), &topo.rx, &topo.r)?, 1));
-                }
-            }
-            let net = format!("{}/{}", BLOCKED_V4_NET.0, BLOCKED_V4_NET.1);
-            match case.rx {
-                Rx::Iptables => {
-                    topo.rx.run(
-                        "iptables",
-                        &["-t", "raw", "-A", "PREROUTING", "-s", &net, "-j", "DROP"],
-                    )?;
-                }
-                Rx::Nftables => {
-                    let rules = format!(
-                        "table netdev mbbench {{\n  chain ingress {{\n    type filter hook ingress device \"{}\" priority -500;\n    ip saddr {} drop\n  }}\n}}\n",
-                        topo.r, net
-                    );
-                    let file = std::env::temp_dir().join(format!("mbbench-{}.nft", opts.id));
-                    std::fs::write(&file, rules)?;
-                    let res = topo.rx.run("nft", &["-f", &file.to_string_lossy()]);
-                    let _ = std::fs::remove_file(&file);
-                    res?;
-                }
-                _ => {}
-            }
+                Ok(())
+            })();
             let generator = if case.flood == Flood::SynSpoofed {
                 &spoofer
             } else {
                 &gen_prog
             };
-            let measured = measure(&topo, generator, gen_ifindex, &f, opts.seconds);
+            let measured = setup
+                .context("setting up the receiver")
+                .and_then(|()| measure(&topo, generator, gen_ifindex, &f, opts.seconds));
             // Tear down whatever happened.
             match case.rx {
                 Rx::Iptables => {
@@ -484,7 +493,14 @@ pub fn run(object: &[u8], opts: Opts) -> Result<Results> {
                     _ => detach(sink.prog_mut(), id),
                 }
             }
-            let s = measured.with_context(|| format!("flood against {}", case.id))?;
+            let s = match measured {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("bench: {} not measured: {e:#}", case.id);
+                    notes[ci] = format!("not measured: {e:#}");
+                    continue;
+                }
+            };
             println!(
                 "  run {}/{} {:16} sent {:5.2} Mpps, received {:5.2} Mpps, {:6.1} ns/pkt, NAPI busy {:3.0}%, other work on its CPU {:3.0}%, NET_RX softirqs there {:.0}/s, reached IP {:.3}",
                 run + 1,
@@ -509,7 +525,8 @@ pub fn run(object: &[u8], opts: Opts) -> Result<Results> {
     let rows = CASES
         .iter()
         .zip(samples)
-        .map(|(case, s)| {
+        .zip(notes)
+        .map(|((case, s), note)| {
             let m = |f: &dyn Fn(&Sample) -> f64| median(&s.iter().map(f).collect::<Vec<_>>());
             Row {
                 id: case.id,
@@ -523,6 +540,7 @@ pub fn run(object: &[u8], opts: Opts) -> Result<Results> {
                 other_busy: m(&|x| x.other_ns as f64 / 1e9 / x.seconds),
                 foreign_softirqs_per_s: m(&|x| x.foreign_softirqs as f64 / x.seconds),
                 samples: s,
+                note,
             }
         })
         .collect();

@@ -118,13 +118,15 @@ fn draw_inner(report: &Report, path: &Path) -> std::result::Result<(), Err> {
                 }?;
                 // Top to bottom: floor, xdp-filter, mitigator within a class.
                 let slot = i as u32 * 4 + (2 - k as u32);
-                Some(Rectangle::new(
+                let mut bar = Rectangle::new(
                     [
                         (0.0, SegmentValue::Exact(slot)),
                         (v, SegmentValue::Exact(slot + 1)),
                     ],
                     color.filled(),
-                ))
+                );
+                bar.set_margin(1, 1, 0, 0);
+                Some(bar)
             });
             chart.draw_series(bars)?.label(name).legend(move |(x, y)| {
                 Rectangle::new([(x, y - 6), (x + 14, y + 6)], color.filled())
@@ -140,14 +142,16 @@ fn draw_inner(report: &Report, path: &Path) -> std::result::Result<(), Err> {
     }
 
     if let Some(l) = &report.live {
-        let n = l.rows.len() as u32;
+        let rows: Vec<&super::live::Row> =
+            l.rows.iter().filter(|r| !r.samples.is_empty()).collect();
+        let n = rows.len() as u32;
         let max = l
             .rows
             .iter()
             .map(|r| r.ns_per_packet)
             .fold(0.0f64, f64::max)
             * 1.3;
-        let labels: Vec<String> = l.rows.iter().map(|r| r.id.to_string()).collect();
+        let labels: Vec<String> = rows.iter().map(|r| r.id.to_string()).collect();
         let mut chart = ChartBuilder::on(&right)
             .caption("veth flood: receiver CPU ns per packet", ("sans-serif", 18))
             .margin(15)
@@ -177,17 +181,19 @@ fn draw_inner(report: &Report, path: &Path) -> std::result::Result<(), Err> {
                 FLOOR
             }
         };
-        chart.draw_series(l.rows.iter().enumerate().map(|(i, r)| {
+        chart.draw_series(rows.iter().enumerate().map(|(i, r)| {
             let slot = n - 1 - i as u32;
-            Rectangle::new(
+            let mut bar = Rectangle::new(
                 [
                     (0.0, SegmentValue::Exact(slot)),
                     (r.ns_per_packet, SegmentValue::Exact(slot + 1)),
                 ],
                 color(r.id).filled(),
-            )
+            );
+            bar.set_margin(5, 5, 0, 0);
+            bar
         }))?;
-        chart.draw_series(l.rows.iter().enumerate().map(|(i, r)| {
+        chart.draw_series(rows.iter().enumerate().map(|(i, r)| {
             let slot = n - 1 - i as u32;
             Text::new(
                 format!(

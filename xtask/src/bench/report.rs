@@ -104,7 +104,7 @@ impl Report {
             }
         }
         if let Some(l) = &self.live {
-            let get = |id: &str| l.rows.iter().find(|r| r.id == id);
+            let get = |id: &str| l.rows.iter().find(|r| r.id == id && !r.samples.is_empty());
             if let (Some(m), Some(f)) = (get("mitigator-block"), get("xdp-drop")) {
                 let x = ratio(m.ns_per_packet, f.ns_per_packet);
                 let read = get("xdp-drop-read")
@@ -321,6 +321,16 @@ impl Report {
                 "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
             );
             for r in &l.rows {
+                if r.samples.is_empty() {
+                    let _ = writeln!(
+                        s,
+                        "| {} `{}` | {} |",
+                        r.label,
+                        r.id,
+                        r.note.replace('|', "/")
+                    );
+                    continue;
+                }
                 let _ = writeln!(
                     s,
                     "| {} `{}` | {} B | {:.2} | {:.2} | {:.0} | {:.0}% | {:.2} | {} | {:.1}% | {:.0}% | {:.0} |",
@@ -418,6 +428,7 @@ impl Report {
                 "receiver_cpu": l.receiver_cpu,
                 "rows": l.rows.iter().map(|r| json!({
                     "receiver": r.id,
+                    "note": r.note,
                     "label": r.label,
                     "frame_bytes": r.frame_len,
                     "offered_pps": r.sent_pps,
