@@ -92,17 +92,23 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         group: s.socket_group.as_ref().map(|g| g.gid),
     };
     let listener = server::bind(&s.socket, policy)?;
-    let metrics_task = metrics_listener.map(|metrics_listener| {
+    // The registry outlives its server task: the escalation loop (issue 5)
+    // sets `metrics.escalation()` levels as the ladder moves.
+    let metrics: Option<Arc<Metrics>> = metrics_listener.as_ref().map(|_| {
         let source = Arc::new(EngineSource {
             engine: engine.clone(),
             slow: Adaptive::default(),
         });
-        let metrics = Arc::new(Metrics::new(source, started as f64));
-        if let Ok(addr) = metrics_listener.local_addr() {
-            info!(addr = %addr, "serving Prometheus metrics at /metrics");
-        }
-        tokio::spawn(metrics::serve(metrics_listener, metrics))
+        Arc::new(Metrics::new(source, started as f64))
     });
+    let metrics_task = metrics_listener
+        .zip(metrics.clone())
+        .map(|(listener, metrics)| {
+            if let Ok(addr) = listener.local_addr() {
+                info!(addr = %addr, "serving Prometheus metrics at /metrics");
+            }
+            tokio::spawn(metrics::serve(listener, metrics))
+        });
     info!(
         iface = %opts.iface,
         config = %s.label(),
