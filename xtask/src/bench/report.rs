@@ -321,6 +321,7 @@ impl Report {
                 "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
             );
             for r in &l.rows {
+                let disturbed = r.samples.iter().filter(|x| x.disturbed()).count();
                 if r.samples.is_empty() {
                     let _ = writeln!(
                         s,
@@ -333,8 +334,9 @@ impl Report {
                 }
                 let _ = writeln!(
                     s,
-                    "| {} `{}` | {} B | {:.2} | {:.2} | {:.0} | {:.0}% | {:.2} | {} | {:.1}% | {:.0}% | {:.0} |",
+                    "| {}{} `{}` | {} B | {:.2} | {:.2} | {:.0} | {:.0}% | {:.2} | {} | {:.1}% | {:.0}% | {:.0} |",
                     r.label,
+                    if disturbed > 0 { format!(" ({disturbed} of {} runs disturbed)", r.samples.len()) } else { String::new() },
                     r.id,
                     r.frame_len,
                     r.sent_pps / 1e6,
@@ -351,7 +353,7 @@ impl Report {
             }
             let _ = writeln!(
                 s,
-                "\n\"received\" counts every frame the receiving veth took in (all of them are dropped, answered or refused by the configuration under test); \"one-core capacity\" is 1000 / ns per packet. \"reached the IP stack\" is `Ip: InReceives` over frames received: 100% for no filter and iptables (the raw table sits after the IP layer's receive), ~0% for the drops before it. \"other work on the receiver's CPU\" is that CPU's busy time (/proc/stat) not spent in the receiver's thread: on a shared machine, softirq work of other traffic that lands on that CPU is charged to whichever thread is running (this kernel has no IRQ time accounting), and \"other NET_RX softirqs\" counts network softirqs on that CPU, which threaded NAPI does not raise: other traffic on the machine (a test's flood, say), whose time the kernel (no IRQ time accounting here) charges to whatever thread it interrupts — ours included. Runs with either high are suspect.\n"
+                "\n\"received\" counts every frame the receiving veth took in (all of them are dropped, answered or refused by the configuration under test); \"one-core capacity\" is 1000 / ns per packet. \"reached the IP stack\" is `Ip: InReceives` over frames received: 100% for no filter and iptables (the raw table sits after the IP layer's receive), ~0% for the drops before it. \"other work on the receiver's CPU\" is that CPU's busy time (/proc/stat) not spent in the receiver's thread: on a shared machine, softirq work of other traffic that lands on that CPU is charged to whichever thread is running (this kernel has no IRQ time accounting), and \"other NET_RX softirqs\" counts network softirqs on that CPU, which threaded NAPI does not raise: other traffic on the machine (a test's flood, say), whose time the kernel (no IRQ time accounting here) charges to whatever thread it interrupts — ours included. Runs with either high are suspect; a run with more than 1,000 such softirqs/s is repeated up to twice, and a row that still has disturbed runs says so.\n"
             );
         }
 
@@ -440,7 +442,7 @@ impl Report {
                     "reached_ip_fraction": r.reached_ip_fraction,
                     "runs": r.samples.iter().map(|x| json!({
                         "seconds": x.seconds, "sent": x.sent, "received": x.received,
-                        "receiver_cpu_ns": x.napi_ns, "reached_ip": x.reached_ip, "other_cpu_ns": x.other_ns, "other_net_rx_softirqs": x.foreign_softirqs,
+                        "receiver_cpu_ns": x.napi_ns, "reached_ip": x.reached_ip, "other_cpu_ns": x.other_ns, "other_net_rx_softirqs": x.foreign_softirqs, "disturbed": x.disturbed(),
                     })).collect::<Vec<_>>(),
                 })).collect::<Vec<_>>(),
             })
