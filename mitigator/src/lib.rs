@@ -8,6 +8,7 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod datapath;
+pub mod detect;
 pub mod metrics;
 pub mod prefix;
 pub mod protocol;
