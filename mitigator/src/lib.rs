@@ -9,6 +9,7 @@ pub mod config;
 pub mod daemon;
 pub mod datapath;
 pub mod detect;
+pub mod escalation;
 pub mod metrics;
 pub mod prefix;
 pub mod protocol;
