@@ -1,9 +1,12 @@
 //! Kernel settings the defences depend on, set while the daemon runs and
 //! restored when it stops.
 //!
-//! XDP SYN cookies use the kernel's own cookie code, which answers only
-//! while `net.ipv4.tcp_syncookies` is non-zero (it also governs IPv6). The
-//! setting is per network namespace: the daemon changes the one it runs in.
+//! XDP SYN cookies use the kernel's own cookie code. Asked from XDP
+//! (`bpf_tcp_gen_syncookie`), it issues a cookie only when
+//! `net.ipv4.tcp_syncookies` is 2 ("always"), or when the listener's queue is
+//! already full — too late. The setting also governs IPv6 and is per network
+//! namespace: the daemon changes the one it runs in, for as long as the
+//! defence is on, and puts the old value back afterwards.
 
 use std::{io, path::PathBuf};
 
@@ -18,9 +21,9 @@ pub struct SysctlGuard {
 }
 
 impl SysctlGuard {
-    /// Makes sure `net.ipv4.tcp_syncookies` is at least 1.
+    /// Sets `net.ipv4.tcp_syncookies` to 2 (always use cookies).
     pub fn enable_syncookies() -> io::Result<Self> {
-        Self::ensure_at_least(PathBuf::from(TCP_SYNCOOKIES), 1)
+        Self::ensure_at_least(PathBuf::from(TCP_SYNCOOKIES), 2)
     }
 
     fn ensure_at_least(path: PathBuf, min: u32) -> io::Result<Self> {
