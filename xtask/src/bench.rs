@@ -120,7 +120,7 @@ pub fn run(args: &Args) -> Result<()> {
         } else {
             live::Opts {
                 seconds: 5.0,
-                runs: 3,
+                runs: 5,
                 id: id.clone(),
             }
         };

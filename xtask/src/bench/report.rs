@@ -314,11 +314,11 @@ impl Report {
                 .map(|r| r.received_pps);
             let _ = writeln!(
                 s,
-                "| receiver | frame | offered Mpps | received (dropped) Mpps | receiver CPU ns/packet | receiver busy | one-core capacity Mpps | rate vs nftables | reached the IP stack |"
+                "| receiver | frame | offered Mpps | received (dropped) Mpps | receiver CPU ns/packet | receiver busy | one-core capacity Mpps | rate vs nftables | reached the IP stack | other work on the receiver's CPU | other NET_RX softirqs/s there |"
             );
             let _ = writeln!(
                 s,
-                "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+                "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
             );
             for r in &l.rows {
                 let disturbed = r.samples.iter().filter(|x| x.disturbed()).count();
