@@ -5,6 +5,12 @@
 //!
 //! Precedence: command-line flags > the file > built-in defaults.
 //!
+//! Sections: `[daemon]`, `[allowlist]`, `[limits]`, `[defences]`,
+//! `[sampling]`, `[tracking]` (defined here: the base configuration the
+//! datapath runs with) and `[detect]`, `[escalation]` (defined, defaulted and
+//! validated by `crate::detect` and `crate::escalation`; embedded here so
+//! one file holds every knob).
+//!
 //! Defaults are chosen for an edge host serving a website (HTTP on 80/443,
 //! QUIC on 443) whose visitors may sit behind carrier-grade NAT:
 //!
@@ -39,7 +45,9 @@ use mitigator_common::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::{datapath::AttachMode, prefix::parse_prefix};
+use crate::{
+    datapath::AttachMode, detect::DetectConfig, escalation::EscalationConfig, prefix::parse_prefix,
+};
 
 /// Where the packaged systemd unit points `--config`.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/mitigator/mitigator.toml";
@@ -89,6 +97,10 @@ pub struct FileConfig {
     pub defences: DefencesSection,
     pub sampling: SamplingSection,
     pub tracking: TrackingSection,
+    /// Baselines and top talkers (see `crate::detect`).
+    pub detect: DetectConfig,
+    /// The escalation ladders' thresholds and defences (see `crate::escalation`).
+    pub escalation: EscalationConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -324,7 +336,7 @@ pub struct SocketGroup {
     pub gid: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
     /// The file these came from; `None` for built-in defaults.
     pub file: Option<PathBuf>,
@@ -342,6 +354,8 @@ pub struct Settings {
     pub sample_one_in: u32,
     pub sample_max_per_sec: u32,
     pub tracked_sources: u32,
+    pub detect: DetectConfig,
+    pub escalation: EscalationConfig,
 }
 
 /// Command-line values that win over the file.
@@ -566,6 +580,13 @@ impl Settings {
             ));
         }
 
+        raw.detect
+            .validate()
+            .map_err(|(k, why)| err(&format!("detect.{k}"), why))?;
+        raw.escalation
+            .validate()
+            .map_err(|(k, why)| err(&format!("escalation.{k}"), why))?;
+
         Ok(Settings {
             file: file.map(Path::to_path_buf),
             socket: d.socket.clone(),
@@ -581,6 +602,8 @@ impl Settings {
             sample_one_in: s.one_in as u32,
             sample_max_per_sec: s.max_per_second as u32,
             tracked_sources: t as u32,
+            detect: raw.detect.clone(),
+            escalation: raw.escalation.clone(),
         })
     }
 
@@ -1006,8 +1029,13 @@ mod tests {
             // Unknown keys, at every level.
             ("[limits]\nsyn = { rate = 1, brust = 2 }", format!("{f}: limits.syn.brust: unknown key; expected `rate` or `burst` (line 2, column 19)")),
             ("[daemon]\nsockets = \"/x\"", format!("{f}: daemon.sockets: unknown key; expected `socket`, `socket_group`, `state_dir`, `pin_root`, `metrics_addr`, `mode`, `monitor` (line 2, column 1)")),
-            ("[defense]\nrate_limit = true", format!("{f}: defense: unknown key; expected `daemon`, `allowlist`, `limits`, `defences`, `sampling`, `tracking` (line 1, column 2)")),
+            ("[defense]\nrate_limit = true", format!("{f}: defense: unknown key; expected `daemon`, `allowlist`, `limits`, `defences`, `sampling`, `tracking`, `detect`, `escalation` (line 1, column 2)")),
             ("[tracking]\nsources = 4096\nttl = 5", format!("{f}: tracking.ttl: unknown key; expected `sources` (line 3, column 1)")),
+            // Detection and escalation sections (validated by their owners).
+            ("[escalation]\ndown_ratio = 1.5", format!("{f}: escalation.down_ratio: must be between 0 and 1 (exclusive)")),
+            ("[escalation.udp]\nmin_pps = 0", format!("{f}: escalation.udp.min_pps: must be a number > 0")),
+            ("[escalation.syn]\nmin_ppps = 1", format!("{f}: escalation.syn.min_ppps: unknown key; expected `min_pps`, `min_bps`, `baseline_factor`, `max_level`, `rate_limit`, `defence` (line 2, column 1)")),
+            ("[detect.top]\ncapacity = 1", format!("{f}: detect.top.capacity: must be between 16 and 65536")),
             // Not TOML at all.
             ("[limits\nsyn = 1", format!("{f}: not valid TOML: unclosed table, expected `]` (line 1, column 8)")),
             ("a = 1\na = 2", format!("{f}: not valid TOML: duplicate key (line 2, column 1)")),

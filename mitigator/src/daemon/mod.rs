@@ -73,14 +73,15 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     if s.monitor {
         warn!("monitor mode: decisions are counted but every packet passes");
     }
-    // XDP SYN cookies use the kernel's cookie code, which only issues a
-    // cookie on request while net.ipv4.tcp_syncookies is 2 (always).
-    let mut syncookies = if !s.defences.syn_cookies || s.defences.syn_cookie_ports.is_empty() {
-        None
-    } else {
+    // XDP SYN cookies use the kernel's cookie code, which answers XDP only
+    // with net.ipv4.tcp_syncookies = 2: set while the defence is on. (When
+    // escalation switches cookies on at run time it must hold such a guard.)
+    let mut syncookies = if s.defences.syn_cookies {
         SysctlGuard::enable_syncookies()
-            .map_err(|e| warn!(error = %e, "cannot set net.ipv4.tcp_syncookies=2; SYN cookies from XDP will not answer"))
+            .map_err(|e| warn!(error = %e, "cannot set net.ipv4.tcp_syncookies = 2; SYN cookies from XDP will not answer"))
             .ok()
+    } else {
+        None
     };
     let mut engine = Engine::new(datapath, store, state, s.monitor)?;
     apply_allowlist(&mut engine, s)?;
