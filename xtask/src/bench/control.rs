@@ -38,7 +38,14 @@ struct Daemon {
 }
 
 impl Daemon {
-    fn start(binary: &Path, ns: &Netns, iface: &str, dir: &Path, pin_root: &str) -> Result<Self> {
+    fn start(
+        binary: &Path,
+        ns: &Netns,
+        iface: &str,
+        dir: &Path,
+        pin_root: &str,
+        extra: &[&str],
+    ) -> Result<Self> {
         let socket = dir.join("mitigator.sock");
         let state = dir.join("state");
         fs::create_dir_all(&state)?;
@@ -50,6 +57,7 @@ impl Daemon {
             .arg("--state-dir")
             .arg(&state)
             .args(["--pin-root", pin_root, "--detach-on-exit"])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -131,7 +139,7 @@ pub fn run(binary: &Path, sizes: &[usize], id: &str) -> Result<Results> {
         // A fresh daemon for every size, so each load goes into empty tries.
         let dir = scratch.0.join(format!("daemon-{i}"));
         fs::create_dir_all(&dir)?;
-        let daemon = Daemon::start(binary, &ns, &a, &dir, &pin_root)?;
+        let daemon = Daemon::start(binary, &ns, &a, &dir, &pin_root, &[])?;
         if idle_rss.is_none() {
             std::thread::sleep(Duration::from_secs(1));
             idle_rss = daemon.rss_kib();
@@ -170,18 +178,185 @@ pub fn run(binary: &Path, sizes: &[usize], id: &str) -> Result<Results> {
         drop(daemon);
     }
 
-    let help = util::capture(Command::new(binary).args(["run", "--help"]))
-        .map(|o| String::from_utf8_lossy(&o.stdout).to_lowercase())
-        .unwrap_or_default();
-    let escalation = if help.contains("escalat") {
-        "the daemon mentions escalation, but the bench does not drive it yet".to_string()
-    } else {
-        "not available yet (the daemon has no automatic escalation at this commit)".to_string()
-    };
     drop(ns);
+    let escalation = match time_to_escalation(binary, id, &scratch.0) {
+        Ok(s) => s,
+        Err(e) => format!("not measured: {e:#}"),
+    };
+    println!("  escalation: {escalation}");
     Ok(Results {
         idle_rss_kib: idle_rss,
         applies,
         escalation,
+    })
+}
+
+/// Longest the escalation flood runs.
+const ESCALATION_FLOOD_SECS: f64 = 30.0;
+const METRICS_ADDR: &str = "127.0.0.1:19947";
+
+/// GET /metrics from the daemon, inside its namespace.
+fn scrape(ns: &Netns) -> Result<String> {
+    let path = ns.path();
+    std::thread::spawn(move || -> Result<String> {
+        sys::join_netns(&path)?;
+        let addr: std::net::SocketAddr = METRICS_ADDR.parse()?;
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        use std::io::{Read, Write};
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+        let mut body = String::new();
+        s.read_to_string(&mut body)?;
+        Ok(body)
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("metrics scrape thread panicked"))?
+}
+
+/// Every packet the daemon's datapath counted (`mitigator_packets_total`).
+fn packets_total(metrics: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("mitigator_packets_total{"))
+        .filter_map(|l| {
+            l.split_whitespace()
+                .last()
+                .and_then(|v| v.parse::<f64>().ok())
+        })
+        .sum()
+}
+
+/// `mitigator_escalation_level{class="syn"}`, if the daemon exports it.
+fn syn_level(metrics: &str) -> Option<u32> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with("mitigator_escalation_level{") && l.contains("class=\"syn\""))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map(|v| v as u32)
+}
+
+/// A real daemon (default configuration, escalation included) on the
+/// receiving veth of a fresh flood topology; a SYN flood from random
+/// sources starts, and the daemon's `mitigator_escalation_level` gauge for
+/// `syn` is polled every 100 ms: the time to each new level is reported.
+fn time_to_escalation(binary: &Path, id: &str, scratch: &Path) -> Result<String> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::{
+        elf::Tiny,
+        live::{self, Topology},
+        mitigator::COOKIE_PORT,
+        pkt::{linux_syn_options, Frame, L3, L4, TCP_SYN},
+    };
+
+    let topo = Topology::new(&format!("e{id}"))?;
+    let mut spoofer = Tiny::spoofer()?;
+    let idle = live::attach(spoofer.prog_mut(), &topo.gen, &topo.idle)?;
+    let dir = scratch.join("daemon-escalation");
+    fs::create_dir_all(&dir)?;
+    let daemon = Daemon::start(
+        binary,
+        &topo.rx,
+        &topo.r,
+        &dir,
+        &format!("/sys/fs/bpf/mitigator-bench-esc-{id}"),
+        &["--metrics-addr", METRICS_ADDR],
+    )?;
+    // Quiet seconds first, so detection has a baseline.
+    std::thread::sleep(Duration::from_secs(3));
+    let before = scrape(&topo.rx).context("reading the daemon's metrics")?;
+    let Some(level0) = syn_level(&before) else {
+        bail!("not available yet: the daemon's metrics have no mitigator_escalation_level for syn");
+    };
+
+    let mut f = Frame::new(
+        L3::V4(
+            std::net::Ipv4Addr::new(10, 99, 0, 5),
+            std::net::Ipv4Addr::new(10, 201, 0, 2),
+        ),
+        L4::Tcp {
+            sport: 41000,
+            dport: COOKIE_PORT,
+            flags: TCP_SYN,
+            seq: 1,
+            ack: 0,
+            options: linux_syn_options(),
+        },
+    )
+    .spoofable();
+    f.dst_mac = topo.rx.mac(&topo.r)?;
+    f.src_mac = topo.gen.mac(&topo.g)?;
+    let frame = f.build();
+    let ifindex = topo.gen.ifindex(&topo.g)?;
+
+    let stop = AtomicBool::new(false);
+    let start = Instant::now();
+    let mut steps: Vec<(u32, f64)> = Vec::new();
+    let mut sent = 0u64;
+    std::thread::scope(|s| -> Result<()> {
+        let gen = s.spawn(|| -> Result<u64> {
+            sys::join_netns(&topo.gen.path())?;
+            let mut ctx = [0u8; 24];
+            ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+            ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+            let mut sent = 0u64;
+            use aya::programs::{TestRun, TestRunAttrs, TestRunOptions};
+            while !stop.load(Ordering::Relaxed)
+                && start.elapsed().as_secs_f64() < ESCALATION_FLOOD_SECS
+            {
+                spoofer
+                    .prog()
+                    .test_run(TestRunOptions {
+                        data_in: Some(&frame),
+                        ctx_in: Some(&ctx),
+                        repeat: 50_000,
+                        attrs: TestRunAttrs::new().xdp_live_frames(64),
+                        ..Default::default()
+                    })
+                    .context("live-frame BPF_PROG_TEST_RUN")?;
+                sent += 50_000;
+            }
+            Ok(sent)
+        });
+        let mut level = level0;
+        while start.elapsed().as_secs_f64() < ESCALATION_FLOOD_SECS && !gen.is_finished() {
+            std::thread::sleep(Duration::from_millis(100));
+            if let Some(l) = scrape(&topo.rx).ok().as_deref().and_then(syn_level) {
+                if l > level {
+                    steps.push((l, start.elapsed().as_secs_f64()));
+                    level = l;
+                }
+                if l >= 2 {
+                    break;
+                }
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        sent = gen
+            .join()
+            .map_err(|_| anyhow::anyhow!("generator panicked"))??;
+        Ok(())
+    })?;
+    let secs = start.elapsed().as_secs_f64();
+    let counted = scrape(&topo.rx)
+        .map(|m| packets_total(&m) - packets_total(&before))
+        .unwrap_or(f64::NAN);
+    drop(daemon);
+    live::detach(spoofer.prog_mut(), idle);
+    drop(topo);
+    let offered = format!(
+        "SYN flood from random sources: {:.2} Mpps offered, {:.2} M packets counted by the daemon's datapath in {secs:.0} s",
+        sent as f64 / secs / 1e6,
+        counted / 1e6
+    );
+    Ok(if steps.is_empty() {
+        format!("no escalation within {ESCALATION_FLOOD_SECS:.0} s ({offered}; syn level stayed {level0})")
+    } else {
+        let s: Vec<String> = steps
+            .iter()
+            .map(|(l, t)| format!("level {l} after {t:.1} s"))
+            .collect();
+        format!("{} ({offered})", s.join(", "))
     })
 }

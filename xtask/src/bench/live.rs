@@ -195,7 +195,7 @@ pub struct Results {
 }
 
 /// Moves the calling thread into `path`'s network namespace for `f`, then back.
-fn in_netns<T>(path: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+pub(super) fn in_netns<T>(path: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     let home = std::fs::File::open("/proc/thread-self/ns/net")?;
     sys::join_netns(path)?;
     let out = f();
@@ -206,21 +206,21 @@ fn in_netns<T>(path: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     out
 }
 
-struct Topology {
-    gen: Netns,
-    rx: Netns,
-    g: String,
-    r: String,
+pub(super) struct Topology {
+    pub gen: Netns,
+    pub rx: Netns,
+    pub g: String,
+    pub r: String,
     /// Where the generators stay attached: one end of each of two veth
     /// pairs that are never brought up, so no frame can ever loop between
     /// two XDP_TX programs (an earlier version looped IPv6 neighbour
     /// discovery between two generators at line rate).
-    idle: String,
-    idle2: String,
+    pub idle: String,
+    pub idle2: String,
 }
 
 impl Topology {
-    fn new(id: &str) -> Result<Self> {
+    pub(super) fn new(id: &str) -> Result<Self> {
         let gen = Netns::new(&format!("mbgen{id}"))?;
         let rx = Netns::new(&format!("mbrx{id}"))?;
         let (g, r) = (format!("mbg{id}"), format!("mbr{id}"));
@@ -305,14 +305,18 @@ fn mac_string(m: &[u8; 6]) -> String {
         .join(":")
 }
 
-fn attach(prog: &mut Xdp, ns: &Netns, iface: &str) -> Result<aya::programs::xdp::XdpLinkId> {
+pub(super) fn attach(
+    prog: &mut Xdp,
+    ns: &Netns,
+    iface: &str,
+) -> Result<aya::programs::xdp::XdpLinkId> {
     in_netns(&ns.path(), || {
         prog.attach(iface, XdpMode::Driver)
             .with_context(|| format!("attaching XDP to {iface} (native)"))
     })
 }
 
-fn detach(prog: &mut Xdp, id: aya::programs::xdp::XdpLinkId) {
+pub(super) fn detach(prog: &mut Xdp, id: aya::programs::xdp::XdpLinkId) {
     if let Err(e) = prog.detach(id) {
         eprintln!("bench: detaching XDP: {e}");
     }
