@@ -20,6 +20,27 @@ pub enum PrefixError {
     Syntax(String),
 }
 
+/// Bad operator input found before the daemon was asked (a usage error:
+/// the binary exits with status 2). Client code returns it, directly or as
+/// the root cause of an `anyhow` chain, for input it rejects itself; a
+/// [`PrefixError`] anywhere in a chain is treated the same way.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+impl UsageError {
+    pub fn new(msg: impl Into<String>) -> Self {
+        Self(msg.into())
+    }
+}
+
+/// Whether an error is the operator's bad input rather than a failure to do
+/// the work: any [`UsageError`] or [`PrefixError`] in its chain.
+pub fn is_usage_error(err: &anyhow::Error) -> bool {
+    err.chain()
+        .any(|c| c.is::<UsageError>() || c.is::<PrefixError>())
+}
+
 /// Parses `10.0.0.0/8`, `2001:db8::/32`, or a bare address (a /32 or /128).
 /// Host bits are allowed and cleared: `10.1.2.3/8` means `10.0.0.0/8`.
 pub fn parse_prefix(input: &str) -> Result<IpNet, PrefixError> {
@@ -63,19 +84,57 @@ mod tests {
 
     #[test]
     fn accepts_cidr_and_bare_addresses() {
-        assert_eq!(parse_prefix("10.0.0.0/8").unwrap().to_string(), "10.0.0.0/8");
-        assert_eq!(parse_prefix("192.0.2.7").unwrap().to_string(), "192.0.2.7/32");
-        assert_eq!(parse_prefix("2001:db8::1").unwrap().to_string(), "2001:db8::1/128");
-        assert_eq!(parse_prefix("2001:db8::/32").unwrap().to_string(), "2001:db8::/32");
+        assert_eq!(
+            parse_prefix("10.0.0.0/8").unwrap().to_string(),
+            "10.0.0.0/8"
+        );
+        assert_eq!(
+            parse_prefix("192.0.2.7").unwrap().to_string(),
+            "192.0.2.7/32"
+        );
+        assert_eq!(
+            parse_prefix("2001:db8::1").unwrap().to_string(),
+            "2001:db8::1/128"
+        );
+        assert_eq!(
+            parse_prefix("2001:db8::/32").unwrap().to_string(),
+            "2001:db8::/32"
+        );
         assert_eq!(parse_prefix("0.0.0.0/0").unwrap().to_string(), "0.0.0.0/0");
         assert_eq!(parse_prefix("::/0").unwrap().to_string(), "::/0");
-        assert_eq!(parse_prefix(" 10.0.0.1/32 ").unwrap().to_string(), "10.0.0.1/32");
+        assert_eq!(
+            parse_prefix(" 10.0.0.1/32 ").unwrap().to_string(),
+            "10.0.0.1/32"
+        );
     }
 
     #[test]
     fn clears_host_bits() {
-        assert_eq!(parse_prefix("10.1.2.3/8").unwrap().to_string(), "10.0.0.0/8");
-        assert_eq!(parse_prefix("2001:db8::5/64").unwrap().to_string(), "2001:db8::/64");
+        assert_eq!(
+            parse_prefix("10.1.2.3/8").unwrap().to_string(),
+            "10.0.0.0/8"
+        );
+        assert_eq!(
+            parse_prefix("2001:db8::5/64").unwrap().to_string(),
+            "2001:db8::/64"
+        );
+    }
+
+    #[test]
+    fn usage_errors_are_recognised_through_context() {
+        use anyhow::Context;
+        let e = parse_prefix("10.0.0.0/33")
+            .context("list.txt:3")
+            .unwrap_err();
+        assert!(is_usage_error(&e));
+        assert!(is_usage_error(&anyhow::Error::new(UsageError::new(
+            "no prefix given"
+        ))));
+        assert!(!is_usage_error(&anyhow::anyhow!("daemon refused")));
+        let io = std::io::Error::other("boom");
+        assert!(!is_usage_error(
+            &anyhow::Error::new(io).context("cannot read x")
+        ));
     }
 
     #[test]
@@ -91,7 +150,11 @@ mod tests {
             ("example.com", "invalid prefix 'example.com': expected an IPv4 or IPv6 address or CIDR prefix like 192.0.2.0/24 or 2001:db8::/32"),
         ];
         for (input, want) in cases {
-            assert_eq!(parse_prefix(input).unwrap_err().to_string(), want, "{input}");
+            assert_eq!(
+                parse_prefix(input).unwrap_err().to_string(),
+                want,
+                "{input}"
+            );
         }
     }
 }

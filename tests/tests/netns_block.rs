@@ -106,15 +106,16 @@ fn bad_input_and_missing_daemon_fail_with_one_clear_line() {
     require_privileges!();
     let lab = Lab::new("bad").unwrap();
     let daemon = Daemon::start(&lab, &[]).unwrap();
+    // A malformed prefix is a usage error (2), caught before the daemon is asked.
     let r = daemon.cli(&["block", "10.0.0.0/33"]);
-    assert_eq!(r.code, 1);
+    assert_eq!(r.code, 2);
     assert_eq!(
         r.stderr,
         "mitigator: invalid prefix '10.0.0.0/33': prefix length 33 is longer than 32 for IPv4\n"
     );
     // A bad prefix among good ones changes nothing.
     let r = daemon.cli(&["block", "10.1.0.0/16", "nonsense"]);
-    assert_eq!(r.code, 1);
+    assert_eq!(r.code, 2);
     assert_eq!(
         daemon.ok(&["list", "--json"]).json()["rules"]
             .as_array()
@@ -123,6 +124,7 @@ fn bad_input_and_missing_daemon_fail_with_one_clear_line() {
         0
     );
 
+    // A refusal by the daemon is a runtime error (1), as is a missing daemon.
     let r = daemon.cli(&["unblock", "10.9.9.9"]);
     assert_eq!(r.code, 1);
     assert_eq!(
