@@ -1,7 +1,7 @@
 //! The rule store: every allow/block rule the daemon enforces, with who
 //! made it, why, and until when. Plain data; the datapath mirrors it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -22,7 +22,7 @@ impl RuleKind {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RuleSource {
     /// Made by a person through the CLI.
@@ -67,9 +67,13 @@ impl Rule {
 }
 
 /// Rules keyed by (kind, prefix): one block and one allow rule per prefix.
+/// Kept with an index by expiry and a count per kind, so the expiry loop
+/// and `status` cost O(log n), not a walk over a million rules.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RuleStore {
     rules: BTreeMap<(RuleKind, IpNet), Rule>,
+    by_expiry: BTreeSet<(UnixSecs, RuleKind, IpNet)>,
+    blocks: usize,
 }
 
 impl RuleStore {
@@ -83,11 +87,37 @@ impl RuleStore {
 
     /// Adds or replaces a rule; returns the rule it replaced, if any.
     pub fn upsert(&mut self, rule: Rule) -> Option<Rule> {
-        self.rules.insert((rule.kind, rule.prefix), rule)
+        if let Some(e) = rule.expires {
+            self.by_expiry.insert((e, rule.kind, rule.prefix));
+        }
+        let kind = rule.kind;
+        let old = self.rules.insert((rule.kind, rule.prefix), rule);
+        match &old {
+            Some(old) => self.unindex(old),
+            None if kind == RuleKind::Block => self.blocks += 1,
+            None => {}
+        }
+        old
     }
 
     pub fn remove(&mut self, kind: RuleKind, prefix: &IpNet) -> Option<Rule> {
-        self.rules.remove(&(kind, *prefix))
+        let old = self.rules.remove(&(kind, *prefix))?;
+        self.unindex(&old);
+        if kind == RuleKind::Block {
+            self.blocks -= 1;
+        }
+        Some(old)
+    }
+
+    /// Drops a replaced or removed rule's expiry entry (unless the rule
+    /// now stored under its key expires at the same time).
+    fn unindex(&mut self, old: &Rule) {
+        if let Some(e) = old.expires {
+            let current = self.rules.get(&(old.kind, old.prefix));
+            if current.and_then(|r| r.expires) != Some(e) {
+                self.by_expiry.remove(&(e, old.kind, old.prefix));
+            }
+        }
     }
 
     pub fn get(&self, kind: RuleKind, prefix: &IpNet) -> Option<&Rule> {
@@ -111,23 +141,30 @@ impl RuleStore {
     }
 
     pub fn count(&self, kind: RuleKind) -> usize {
-        self.rules.keys().filter(|(k, _)| *k == kind).count()
+        match kind {
+            RuleKind::Block => self.blocks,
+            RuleKind::Allow => self.rules.len() - self.blocks,
+        }
     }
 
     /// The earliest expiry among all rules, so the expiry task knows when to wake.
     pub fn next_expiry(&self) -> Option<UnixSecs> {
-        self.rules.values().filter_map(|r| r.expires).min()
+        self.by_expiry.first().map(|(e, _, _)| *e)
     }
 
     /// Removes and returns every rule expired at `now`.
     pub fn take_expired(&mut self, now: UnixSecs) -> Vec<Rule> {
-        let keys: Vec<_> = self
-            .rules
-            .iter()
-            .filter(|(_, r)| r.is_expired(now))
-            .map(|(k, _)| *k)
-            .collect();
-        keys.into_iter().filter_map(|k| self.rules.remove(&k)).collect()
+        let mut gone = Vec::new();
+        while let Some(&(e, kind, prefix)) = self.by_expiry.first() {
+            if e > now {
+                break;
+            }
+            self.by_expiry.pop_first();
+            if let Some(rule) = self.remove(kind, &prefix) {
+                gone.push(rule);
+            }
+        }
+        gone
     }
 }
 
@@ -150,9 +187,15 @@ mod tests {
     #[test]
     fn upsert_replaces_same_kind_and_prefix_only() {
         let mut store = RuleStore::default();
-        assert!(store.upsert(rule("10.0.0.0/8", RuleKind::Block, None)).is_none());
-        assert!(store.upsert(rule("10.0.0.0/8", RuleKind::Allow, None)).is_none());
-        assert!(store.upsert(rule("10.0.0.0/8", RuleKind::Block, Some(5))).is_some());
+        assert!(store
+            .upsert(rule("10.0.0.0/8", RuleKind::Block, None))
+            .is_none());
+        assert!(store
+            .upsert(rule("10.0.0.0/8", RuleKind::Allow, None))
+            .is_none());
+        assert!(store
+            .upsert(rule("10.0.0.0/8", RuleKind::Block, Some(5)))
+            .is_some());
         assert_eq!(store.len(), 2);
         assert_eq!(store.count(RuleKind::Block), 1);
         let net = "10.0.0.0/8".parse().unwrap();
@@ -174,5 +217,37 @@ mod tests {
         assert_eq!(store.next_expiry(), Some(150));
         assert!(store.take_expired(100).is_empty());
         assert_eq!(store.take_expired(150).len(), 1);
+        assert_eq!(store.next_expiry(), None);
+        assert_eq!(store.count(RuleKind::Block), 1);
+    }
+
+    #[test]
+    fn index_follows_replacements_and_removals() {
+        let mut store = RuleStore::default();
+        let net: IpNet = "10.0.0.1/32".parse().unwrap();
+        store.upsert(rule("10.0.0.1/32", RuleKind::Block, Some(50)));
+        // Refreshing the TTL moves the expiry; the old one must not fire.
+        store.upsert(rule("10.0.0.1/32", RuleKind::Block, Some(500)));
+        assert_eq!(store.next_expiry(), Some(500));
+        assert!(store.take_expired(100).is_empty());
+        // Made permanent: no expiry left.
+        store.upsert(rule("10.0.0.1/32", RuleKind::Block, None));
+        assert_eq!(store.next_expiry(), None);
+        // Same expiry twice (re-block with the same TTL second) stays indexed.
+        store.upsert(rule("10.0.0.1/32", RuleKind::Block, Some(70)));
+        store.upsert(rule("10.0.0.1/32", RuleKind::Block, Some(70)));
+        assert_eq!(store.next_expiry(), Some(70));
+        store.upsert(rule("10.0.0.2/32", RuleKind::Allow, Some(60)));
+        assert_eq!(
+            (store.count(RuleKind::Block), store.count(RuleKind::Allow)),
+            (1, 1)
+        );
+        assert!(store
+            .remove(RuleKind::Allow, &"10.0.0.2/32".parse().unwrap())
+            .is_some());
+        assert_eq!(store.next_expiry(), Some(70));
+        assert_eq!(store.take_expired(70)[0].prefix, net);
+        assert!(store.is_empty());
+        assert_eq!(store, RuleStore::default());
     }
 }

@@ -1,10 +1,13 @@
 //! Applies control requests to the rule store and the datapath, keeping the
 //! two in step and the state file current. Every change is all or nothing.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::{
+    collections::HashSet,
+    time::{SystemTime, UNIX_EPOCH},
+};
 
 use ipnet::IpNet;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::{
     datapath::Datapath,
@@ -16,10 +19,33 @@ use crate::{
 };
 
 pub fn now_secs() -> u64 {
+    now_millis() / 1000
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_millis() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
+        .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// The longest TTL accepted: a century. Longer is "forever" (no --ttl), and
+/// keeps every expiry printable as a date.
+pub const MAX_TTL_SECS: u64 = 100 * 365 * 24 * 3600;
+
+/// Requests touching more rules than this log one summary line instead of
+/// one line per rule (a bulk load of 1M prefixes must not log 1M lines).
+pub const LOG_EACH_MAX: usize = 16;
+
+/// When a rule made at `now_ms` with `ttl_secs` expires, in whole unix
+/// seconds rounded up: it lives at least its TTL and at most 1 s longer,
+/// and the expiry loop (which compares with the clock truncated to whole
+/// seconds, i.e. `now_ms >= expires * 1000`) removes it on time.
+pub fn expiry_for(now_ms: u64, ttl_secs: u64) -> u64 {
+    now_ms
+        .saturating_add(ttl_secs.saturating_mul(1000))
+        .div_ceil(1000)
 }
 
 /// Who sent a request, for the audit log and the rule's `uid`.
@@ -65,12 +91,18 @@ impl Engine {
         &mut self.datapath
     }
 
+    /// The rules as stored (cheap: no map walk, unlike a `List` request).
+    pub fn store(&self) -> &RuleStore {
+        &self.store
+    }
+
     pub fn next_expiry(&self) -> Option<u64> {
         self.store.next_expiry()
     }
 
     /// Removes map entries that no rule accounts for and adds missing ones.
     fn reconcile(&mut self) -> anyhow::Result<()> {
+        let t = std::time::Instant::now();
         let (mut added, mut removed) = (0, 0);
         for kind in [RuleKind::Block, RuleKind::Allow] {
             let in_map = self.datapath.entries(kind)?;
@@ -91,7 +123,10 @@ impl Engine {
         }
         info!(
             rules = self.store.len(),
-            added, removed, "maps reconciled with the rule store"
+            added,
+            removed,
+            elapsed_ms = t.elapsed().as_millis() as u64,
+            "maps reconciled with the rule store"
         );
         Ok(())
     }
@@ -127,11 +162,19 @@ impl Engine {
         caller: Caller,
     ) -> Result<Reply, String> {
         let nets = parse_all(prefixes)?;
-        if ttl_secs == Some(0) {
-            return Err("invalid ttl: must be at least 1s".into());
+        match ttl_secs {
+            Some(0) => return Err("invalid ttl: must be at least 1s; nothing was changed".into()),
+            Some(t) if t > MAX_TTL_SECS => {
+                return Err(format!(
+                    "invalid ttl: {t}s is longer than the maximum of {MAX_TTL_SECS}s (100 years; \
+                     omit --ttl for a rule that never expires); nothing was changed"
+                ))
+            }
+            _ => {}
         }
-        let now = now_secs();
-        let expires = ttl_secs.map(|t| now.saturating_add(t));
+        let now_ms = now_millis();
+        let now = now_ms / 1000;
+        let expires = ttl_secs.map(|t| expiry_for(now_ms, t));
         // Insert into the maps first; on failure undo what this request added.
         let mut inserted: Vec<IpNet> = Vec::new();
         for net in &nets {
@@ -178,15 +221,31 @@ impl Engine {
             }
             return Err(format!("{e}; nothing was changed"));
         }
-        for net in &nets {
+        if nets.len() <= LOG_EACH_MAX {
+            for net in &nets {
+                info!(
+                    action = kind.as_str(),
+                    prefix = %net,
+                    uid = caller.uid,
+                    pid = caller.pid,
+                    reason = %reason,
+                    ttl_secs,
+                    "rule added"
+                );
+            }
+        } else {
             info!(
                 action = kind.as_str(),
-                prefix = %net,
+                rules = nets.len(),
+                added,
+                updated,
+                first = %nets[0],
+                last = %nets[nets.len() - 1],
                 uid = caller.uid,
                 pid = caller.pid,
                 reason = %reason,
                 ttl_secs,
-                "rule added"
+                "rules added in bulk"
             );
         }
         Ok(Reply::Changed {
@@ -220,17 +279,40 @@ impl Engine {
             }
             return Err(format!("{e}; nothing was changed"));
         }
+        // The store and the file are committed; a map entry that cannot be
+        // deleted is reported but must not stop the others from going.
+        let mut failed = Vec::new();
         for rule in &removed {
-            self.datapath
-                .remove(kind, &rule.prefix)
-                .map_err(|e| e.to_string())?;
+            if let Err(e) = self.datapath.remove(kind, &rule.prefix) {
+                warn!(prefix = %rule.prefix, error = %e, "cannot remove rule from the map");
+                failed.push(format!("{}: {e}", rule.prefix));
+            }
+        }
+        if removed.len() <= LOG_EACH_MAX {
+            for rule in &removed {
+                info!(
+                    action = kind.as_str(),
+                    prefix = %rule.prefix,
+                    uid = caller.uid,
+                    pid = caller.pid,
+                    "rule removed"
+                );
+            }
+        } else {
             info!(
                 action = kind.as_str(),
-                prefix = %rule.prefix,
+                rules = removed.len(),
                 uid = caller.uid,
                 pid = caller.pid,
-                "rule removed"
+                "rules removed in bulk"
             );
+        }
+        if let Some(first) = failed.first() {
+            return Err(format!(
+                "removed {} rule(s) from the store, but {} map entr(ies) could not be deleted (first: {first})",
+                removed.len(),
+                failed.len()
+            ));
         }
         Ok(Reply::Changed {
             added: 0,
@@ -275,32 +357,86 @@ impl Engine {
         }
     }
 
-    /// Drops every rule expired at `now` from the store, the file and the maps.
+    /// Drops every rule expired at `now` (unix seconds: a rule expiring at
+    /// `t` goes once the clock reads `t.000`) from the store, the file and
+    /// the maps. If the file cannot be written nothing is removed, so the
+    /// next call retries.
     pub fn expire(&mut self, now: u64) -> anyhow::Result<()> {
         let gone = self.store.take_expired(now);
         if gone.is_empty() {
             return Ok(());
         }
-        self.state.save(&self.store)?;
-        for rule in gone {
-            self.datapath.remove(rule.kind, &rule.prefix)?;
-            info!(
-                action = rule.kind.as_str(),
-                prefix = %rule.prefix,
-                reason = %rule.reason,
-                "rule expired"
-            );
+        if let Err(e) = self.state.save(&self.store) {
+            for rule in gone {
+                self.store.upsert(rule);
+            }
+            return Err(e.into());
+        }
+        let mut failed = 0;
+        for rule in &gone {
+            if let Err(e) = self.datapath.remove(rule.kind, &rule.prefix) {
+                warn!(prefix = %rule.prefix, error = %e, "cannot remove expired rule from the map");
+                failed += 1;
+            }
+        }
+        if gone.len() <= LOG_EACH_MAX {
+            for rule in &gone {
+                info!(
+                    action = rule.kind.as_str(),
+                    prefix = %rule.prefix,
+                    reason = %rule.reason,
+                    expires = rule.expires,
+                    "rule expired"
+                );
+            }
+        } else {
+            info!(rules = gone.len(), "rules expired");
+        }
+        if failed > 0 {
+            anyhow::bail!("{failed} expired rule(s) could not be removed from the maps");
         }
         Ok(())
     }
 }
 
+/// Parses every prefix (all or nothing), dropping repeats so a prefix named
+/// twice in one request is one rule, added once.
 fn parse_all(prefixes: &[String]) -> Result<Vec<IpNet>, String> {
     if prefixes.is_empty() {
-        return Err("no prefix given".into());
+        return Err("no prefix given; nothing was changed".into());
     }
-    prefixes
-        .iter()
-        .map(|p| parse_prefix(p).map_err(|e| format!("{e}; nothing was changed")))
-        .collect()
+    let mut seen = HashSet::with_capacity(prefixes.len());
+    let mut nets = Vec::with_capacity(prefixes.len());
+    for p in prefixes {
+        let net = parse_prefix(p).map_err(|e| format!("{e}; nothing was changed"))?;
+        if seen.insert(net) {
+            nets.push(net);
+        }
+    }
+    Ok(nets)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_rounds_up_to_a_whole_second() {
+        assert_eq!(expiry_for(100_000, 2), 102);
+        assert_eq!(expiry_for(100_001, 2), 103);
+        assert_eq!(expiry_for(100_999, 2), 103);
+        assert_eq!(expiry_for(u64::MAX, 2), u64::MAX.div_ceil(1000));
+    }
+
+    #[test]
+    fn parse_all_dedupes_and_refuses_bad_input() {
+        let p = |v: &[&str]| parse_all(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        let nets = p(&["10.0.0.1", "10.0.0.1/32", "10.1.2.3/8", "10.0.0.0/8"]).unwrap();
+        assert_eq!(nets.len(), 2);
+        assert_eq!(
+            p(&["10.0.0.1", "10.0.0.0/33"]).unwrap_err(),
+            "invalid prefix '10.0.0.0/33': prefix length 33 is longer than 32 for IPv4; nothing was changed"
+        );
+        assert!(p(&[]).is_err());
+    }
 }
