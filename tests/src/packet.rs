@@ -273,6 +273,16 @@ impl Packet {
 
     // ---- Ethernet and VLAN ----
 
+    pub fn src_mac(mut self, mac: [u8; 6]) -> Self {
+        self.src_mac = mac;
+        self
+    }
+
+    pub fn dst_mac(mut self, mac: [u8; 6]) -> Self {
+        self.dst_mac = mac;
+        self
+    }
+
     /// Sets the innermost EtherType, overriding the one implied by the L3 layer.
     pub fn ether_type(mut self, ether_type: u16) -> Self {
         self.ether_type = Some(ether_type);
@@ -459,6 +469,11 @@ impl Packet {
 
     pub fn tcp_flags(mut self, flags: u8) -> Self {
         self.tcp_mut().flags = flags;
+        self
+    }
+
+    pub fn tcp_seq(mut self, seq: u32) -> Self {
+        self.tcp_mut().seq = seq;
         self
     }
 

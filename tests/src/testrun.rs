@@ -17,14 +17,15 @@ use anyhow::{anyhow, bail, Context, Result};
 use aya::{
     maps::{
         lpm_trie::{Key, LpmTrie},
-        Array, MapData, PerCpuArray,
+        Array, HashMap, MapData, PerCpuArray, RingBuf,
     },
     programs::{TestRun, TestRunOptions, Xdp},
     Ebpf, Pod,
 };
 use ipnet::IpNet;
 use mitigator_common::{
-    counter_index, maps, Class, Config, Counter, Reason, RuleValue, FLAG_MONITOR,
+    counter_index, maps, Class, Config, Counter, Reason, RuleValue, Sample, SourceKey,
+    EVENT_ENTRIES, FLAG_MONITOR,
 };
 
 /// Environment variable naming the object to test (and making skips fatal).
@@ -165,6 +166,27 @@ impl fmt::Display for Counters {
             return f.write_str("{}");
         }
         write!(f, "{{{}}}", cells.join(", "))
+    }
+}
+
+/// The `EVENTS` counters summed over CPUs, indexed by `EVENT_*`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Events(pub [u64; EVENT_ENTRIES as usize]);
+
+impl Events {
+    pub fn get(&self, event: u32) -> u64 {
+        self.0[event as usize]
+    }
+
+    /// What moved since `before`, per event.
+    pub fn delta(&self, before: &Events) -> Events {
+        let mut moved = [0u64; EVENT_ENTRIES as usize];
+        for (i, m) in moved.iter_mut().enumerate() {
+            *m = self.0[i]
+                .checked_sub(before.0[i])
+                .expect("event counter went backwards");
+        }
+        Events(moved)
     }
 }
 
@@ -333,6 +355,77 @@ impl Harness {
         };
         array.set(0, config, 0)?;
         Ok(())
+    }
+
+    /// Replaces the whole run-time configuration (the `CONFIG` map entry).
+    pub fn set_config(&mut self, config: Config) -> Result<()> {
+        let mut array: Array<&mut MapData, Config> =
+            Array::try_from(self.map_mut(maps::MAP_CONFIG)?)?;
+        array.set(0, config, 0)?;
+        Ok(())
+    }
+
+    /// The run-time configuration as the program reads it.
+    pub fn config(&self) -> Result<Config> {
+        let array: Array<&MapData, Config> = Array::try_from(self.map(maps::MAP_CONFIG)?)?;
+        Ok(array.get(&0, 0)?)
+    }
+
+    /// Sets the `PORT_*` flags of one port (replacing what it had).
+    pub fn set_port_flags(&mut self, port: u16, flags: u32) -> Result<()> {
+        let mut array: Array<&mut MapData, u32> = Array::try_from(self.map_mut(maps::MAP_PORTS)?)?;
+        array.set(u32::from(port), flags, 0)?;
+        Ok(())
+    }
+
+    pub fn port_flags(&self, port: u16) -> Result<u32> {
+        let array: Array<&MapData, u32> = Array::try_from(self.map(maps::MAP_PORTS)?)?;
+        Ok(array.get(&u32::from(port), 0)?)
+    }
+
+    /// The `EVENTS` counters (index `EVENT_*`), summed over CPUs.
+    pub fn events(&self) -> Result<Events> {
+        let array: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.map(maps::MAP_EVENTS)?)?;
+        let mut events = [0u64; EVENT_ENTRIES as usize];
+        for (index, total) in events.iter_mut().enumerate() {
+            *total = array.get(&(index as u32), 0)?.iter().sum();
+        }
+        Ok(Events(events))
+    }
+
+    /// Drains the `SAMPLES` ring buffer: every sample not read before, oldest first.
+    pub fn read_samples(&mut self) -> Result<Vec<Sample>> {
+        let mut ring: RingBuf<&mut MapData> = RingBuf::try_from(self.map_mut(maps::MAP_SAMPLES)?)?;
+        let mut samples = Vec::new();
+        while let Some(item) = ring.next() {
+            if item.len() != std::mem::size_of::<Sample>() {
+                bail!(
+                    "ring buffer record of {} bytes, a Sample is {}",
+                    item.len(),
+                    std::mem::size_of::<Sample>()
+                );
+            }
+            samples.push(bytemuck::pod_read_unaligned(&item));
+        }
+        Ok(samples)
+    }
+
+    /// The per-source GCRA state (theoretical arrival time, ns) of one key.
+    pub fn source_state(&self, key: &SourceKey) -> Result<Option<u64>> {
+        let table: HashMap<&MapData, SourceKey, u64> =
+            HashMap::try_from(self.map(maps::MAP_SOURCES)?)?;
+        match table.get(key, 0) {
+            Ok(tat) => Ok(Some(tat)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Every key in the per-source table.
+    pub fn sources(&self) -> Result<Vec<SourceKey>> {
+        let table: HashMap<&MapData, SourceKey, u64> =
+            HashMap::try_from(self.map(maps::MAP_SOURCES)?)?;
+        Ok(table.keys().collect::<Result<Vec<_>, _>>()?)
     }
 
     /// Every (reason, class) cell, summed over CPUs.
