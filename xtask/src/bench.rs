@@ -60,6 +60,18 @@ pub fn median(v: &[f64]) -> f64 {
     }
 }
 
+/// A file's modification time, UTC, for the record.
+fn mtime(path: &std::path::Path) -> String {
+    util::output(
+        std::process::Command::new("date")
+            .args(["-u", "-r"])
+            .arg(path)
+            .arg("+%Y-%m-%dT%H:%M:%SZ"),
+    )
+    .map(|s| format!("built {}", s.trim()))
+    .unwrap_or_else(|_| "missing".into())
+}
+
 pub fn run(args: &Args) -> Result<()> {
     if !util::is_root() {
         bail!("cargo xtask bench needs root (BPF, network namespaces, XDP)");
@@ -71,6 +83,16 @@ pub fn run(args: &Args) -> Result<()> {
         let a = build::build_all()?;
         (a.object, a.binary)
     };
+    let artifacts = format!(
+        "{} (XDP object {}, daemon {})",
+        if args.no_build {
+            "--no-build: as found in target/"
+        } else {
+            "built by this run"
+        },
+        mtime(&object_path),
+        mtime(&binary)
+    );
     let object = std::fs::read(&object_path)
         .with_context(|| format!("reading {}", object_path.display()))?;
     util::catch_interrupts();
@@ -145,6 +167,7 @@ pub fn run(args: &Args) -> Result<()> {
         .unwrap_or_else(|| util::repo_root().join("bench"));
     let report = report::Report {
         machine,
+        artifacts,
         quick: args.quick,
         testrun,
         live,

@@ -10,6 +10,8 @@ use super::{control, live, sys::Machine, testrun};
 
 pub struct Report {
     pub machine: Machine,
+    /// Where the measured XDP object and daemon came from.
+    pub artifacts: String,
     pub quick: bool,
     pub testrun: Option<testrun::Results>,
     pub live: Option<live::Results>,
@@ -195,6 +197,7 @@ impl Report {
         let _ = writeln!(s, "| kernel | {} |", m.kernel);
         let _ = writeln!(s, "| date (UTC) | {} |", m.date);
         let _ = writeln!(s, "| commit | {} |", m.commit);
+        let _ = writeln!(s, "| artifacts | {} |", self.artifacts);
         let _ = writeln!(
             s,
             "| load average at start / end | {:.2} / {:.2} |",
@@ -462,6 +465,7 @@ impl Report {
                 "loadavg_start": m.loadavg_start, "loadavg_end": super::sys::loadavg(),
             },
             "quick": self.quick,
+            "artifacts": self.artifacts,
             "elapsed_seconds": self.elapsed_s,
             "targets": self.targets().iter().map(|(n, s, met)| json!({"target": n, "where_we_stand": s, "met": met})).collect::<Vec<_>>(),
             "testrun": testrun,
