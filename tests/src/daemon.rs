@@ -217,6 +217,26 @@ impl Daemon {
         self.wait_ready(within)
     }
 
+    /// The daemon's log without terminal colour codes.
+    pub fn log_plain(&self) -> String {
+        let log = self.log_text();
+        let mut out = String::with_capacity(log.len());
+        let mut chars = log.chars();
+        while let Some(c) = chars.next() {
+            if c == '\x1b' {
+                // CSI: ESC [ parameters final-byte
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    }
+
     /// The rule store file the daemon writes.
     pub fn state_file(&self) -> PathBuf {
         self.state_dir.join("rules.json")
