@@ -79,10 +79,7 @@ fn syn(ctx: &XdpContext, pkt: &Packet, cfg: &Config) -> Reason {
     }
     if cfg.has(FLAG_SYN_COOKIES) && maps::port_flags(pkt.dst_port) & PORT_TCP_SYN_COOKIES != 0 {
         // Monitor mode must not rewrite the frame it is going to pass.
-        if cfg.has(FLAG_MONITOR) {
-            return Reason::TxSynCookie;
-        }
-        if let Some(reason) = syncookie::answer_syn(ctx, pkt) {
+        if let Some(reason) = syncookie::answer_syn(ctx, pkt, cfg.has(FLAG_MONITOR)) {
             return reason;
         }
     }

@@ -179,9 +179,10 @@ fn check_cookie<const IPL: usize>(ctx: &XdpContext, sk: &Sock, pkt: &Packet) -> 
 
 /// Answers a SYN with a cookie SYN-ACK. `None` when we leave the SYN to the
 /// stack: no listener, IPv4 options or IPv6 extension headers, or the
-/// kernel declined (cookies disabled by sysctl).
+/// kernel declined (cookies disabled by sysctl). In monitor mode every check
+/// runs but the frame is left as it is.
 #[inline(always)]
-pub fn answer_syn(ctx: &XdpContext, pkt: &Packet) -> Option<Reason> {
+pub fn answer_syn(ctx: &XdpContext, pkt: &Packet, monitor: bool) -> Option<Reason> {
     let (v6, ip_len) = match pkt.addrs {
         Addrs::V4 { .. } => (false, IPV4_HDR_LEN),
         Addrs::V6 { .. } => (true, IPV6_HDR_LEN),
@@ -200,6 +201,9 @@ pub fn answer_syn(ctx: &XdpContext, pkt: &Packet) -> Option<Reason> {
     drop(sk);
     if cookie < 0 {
         return None;
+    }
+    if monitor {
+        return Some(Reason::TxSynCookie);
     }
     let mss = (cookie >> 32) as u16;
     let client_seq = {
@@ -338,10 +342,6 @@ pub fn check_ack(ctx: &XdpContext, pkt: &Packet) -> Option<Reason> {
     if pkt.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_RST) != 0 || pkt.tcp_flags & TCP_FLAG_ACK == 0 {
         return None;
     }
-    let ip_len = match pkt.addrs {
-        Addrs::V4 { .. } => IPV4_HDR_LEN,
-        Addrs::V6 { .. } => IPV6_HDR_LEN,
-    };
     let Some(sk) = Sock::lookup(ctx, pkt) else {
         // No connection and no listener: the stack would only answer RST.
         return Some(Reason::DropBadCookieAck);
@@ -349,11 +349,13 @@ pub fn check_ack(ctx: &XdpContext, pkt: &Packet) -> Option<Reason> {
     if !sk.is_listener() {
         return None;
     }
-    let ok = pkt.l4_off == pkt.l3_off + ip_len
-        && match pkt.addrs {
-            Addrs::V4 { .. } => check_cookie::<IPV4_HDR_LEN>(ctx, &sk, pkt),
-            Addrs::V6 { .. } => check_cookie::<IPV6_HDR_LEN>(ctx, &sk, pkt),
-        };
+    // The kernel's check reads only addresses, ports and sequence numbers,
+    // so IPv4 options and IPv6 extension headers do not matter: the fixed
+    // header and the real TCP offset are enough.
+    let ok = match pkt.addrs {
+        Addrs::V4 { .. } => check_cookie::<IPV4_HDR_LEN>(ctx, &sk, pkt),
+        Addrs::V6 { .. } => check_cookie::<IPV6_HDR_LEN>(ctx, &sk, pkt),
+    };
     Some(if ok {
         Reason::PassCookieAck
     } else {

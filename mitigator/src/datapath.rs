@@ -584,7 +584,7 @@ fn ensure_bpffs(pin_root: &Path) -> Result<()> {
     const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
     let bpffs = pin_root.parent().unwrap_or(Path::new("/sys/fs/bpf"));
     let is_bpffs = nix::sys::statfs::statfs(bpffs)
-        .map(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+        .map(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
         .unwrap_or(false);
     if is_bpffs {
         return Ok(());

@@ -269,21 +269,34 @@ pub fn netstat(ns: &str, name: &str) -> Result<u64> {
 }
 
 /// A bounded spoofed-source SYN flood from `ns` with hping3 (random source
-/// addresses; the packets only cross the lab's veth). Killed on drop.
+/// addresses; the packets only cross the lab's veth). `timeout` bounds it
+/// in time; on drop it gets SIGTERM, which it passes on to hping3, and if
+/// the test process dies first the kernel sends it SIGTERM (PDEATHSIG).
 pub struct SynFlood {
     child: Option<std::process::Child>,
 }
 
 impl SynFlood {
     pub fn start(ns: &str, dst: std::net::Ipv4Addr, port: u16, max: Duration) -> Result<Self> {
-        let child = std::process::Command::new("nsenter")
-            .arg(format!("--net={}", Lab::netns_path(ns)))
-            .args(["timeout", &max.as_secs().max(1).to_string()])
+        use std::os::unix::process::CommandExt;
+        let mut cmd = std::process::Command::new("nsenter");
+        cmd.arg(format!("--net={}", Lab::netns_path(ns)))
+            .args(["timeout", "-k", "1", &max.as_secs().max(1).to_string()])
             .args(["hping3", "--flood", "--rand-source", "-S", "-q", "-p"])
             .arg(port.to_string())
             .arg(dst.to_string())
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
             .spawn()
             .context("start hping3 (installed by `cargo xtask setup`)")?;
         Ok(Self { child: Some(child) })
@@ -292,14 +305,20 @@ impl SynFlood {
 
 impl Drop for SynFlood {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(c.id() as i32),
-                nix::sys::signal::Signal::SIGINT,
-            );
-            let _ = c.kill();
-            let _ = c.wait();
+        let Some(mut c) = self.child.take() else {
+            return;
+        };
+        let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = c.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
+        let _ = c.kill();
+        let _ = c.wait();
     }
 }
 

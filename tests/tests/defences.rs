@@ -2028,7 +2028,6 @@ fn syn_cookies_need_the_sysctl() -> Result<()> {
 /// EVENT_SYN_NO_LISTENER); monitor mode counts tx_syn_cookie without looking
 /// for a listener. Ignored: a known XDP bug (see the report in issue 3).
 #[test]
-#[ignore = "XDP bug: monitor mode counts tx_syn_cookie for SYNs enforcing mode would pass"]
 fn monitor_counts_syn_cookies_as_enforcing_would() -> Result<()> {
     if !bpf_ready("monitor_counts_syn_cookies_as_enforcing_would") {
         return Ok(());
@@ -2073,7 +2072,6 @@ fn monitor_counts_syn_cookies_as_enforcing_would() -> Result<()> {
 /// a plain SYN on the same 4-tuple and sequence number (options are not part
 /// of a cookie). Ignored: a known XDP bug (see the report in issue 3).
 #[test]
-#[ignore = "XDP bug: a valid cookie ACK with IPv4 options / IPv6 extension headers is dropped"]
 fn cookie_ack_with_ip_options_or_extension_headers() -> Result<()> {
     if !bpf_ready("cookie_ack_with_ip_options_or_extension_headers") {
         return Ok(());

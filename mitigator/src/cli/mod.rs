@@ -1,11 +1,13 @@
 //! The command line: one module per subcommand, clap derive types here.
 
+mod escalate;
 mod list;
 mod rules;
 mod run;
 mod stats;
 mod status;
 pub mod table;
+mod top;
 
 use std::path::PathBuf;
 
@@ -68,6 +70,15 @@ pub enum Command {
     Stats(stats::StatsArgs),
     /// What the daemon is doing: interface, attach mode, rule counts.
     Status(status::StatusArgs),
+    /// Heaviest sources (/32, /24, /128, /64, /48) and destinations under attack, from sampled headers.
+    ///
+    /// Example: mitigator top -n 20
+    Top(top::TopArgs),
+    /// Pin an attack class's escalation level, or give it back to the automatic ladder.
+    ///
+    /// Levels: 0 observe, 1 rate-limit, 2 defence (SYN cookies, amplification drop, ...),
+    /// 3 auto-block, 4 upstream. Example: mitigator escalate syn 2; mitigator escalate syn auto
+    Escalate(escalate::EscalateArgs),
 }
 
 impl Cli {
@@ -81,6 +92,8 @@ impl Cli {
             Command::List(args) => list::execute(args),
             Command::Stats(args) => stats::execute(args),
             Command::Status(args) => status::execute(args),
+            Command::Top(args) => top::execute(args),
+            Command::Escalate(args) => escalate::execute(args),
         }
     }
 }

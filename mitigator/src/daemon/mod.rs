@@ -3,6 +3,7 @@
 //! time, and stop cleanly on a signal.
 
 pub mod engine;
+pub mod escalator;
 pub mod server;
 
 use std::{
@@ -26,7 +27,11 @@ use crate::{
     sysctl::SysctlGuard,
 };
 use engine::{now_secs, Caller, Engine};
+use escalator::Escalator;
 use server::AccessPolicy;
+
+/// How often detection closes a window of rates and the ladder steps.
+const DETECT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The reason given to allow rules made from `[allowlist] prefixes`; rules
 /// with exactly this reason are the config's to add and remove.
@@ -83,8 +88,14 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     } else {
         None
     };
+    let samples = datapath.take_samples();
     let mut engine = Engine::new(datapath, store, state, s.monitor)?;
     apply_allowlist(&mut engine, s)?;
+    let escalator = Arc::new(Mutex::new(Escalator::new(escalation_controller(
+        &mut engine,
+        s,
+        config,
+    )?)));
     let started = now_secs();
     let engine = Arc::new(Mutex::new(engine));
 
@@ -123,14 +134,26 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let serve = tokio::spawn(server::serve(
         listener,
         engine.clone(),
+        escalator.clone(),
         policy,
         s.socket.clone(),
     ));
     let expiry = tokio::spawn(expire_loop(engine.clone()));
+    let detect = tokio::spawn(escalator::interval_loop(
+        engine.clone(),
+        escalator.clone(),
+        metrics.clone(),
+        DETECT_INTERVAL,
+    ));
+    let sampler = samples.map(|ring| tokio::spawn(escalator::sample_loop(escalator.clone(), ring)));
 
     wait_for_shutdown().await?;
     serve.abort();
     expiry.abort();
+    detect.abort();
+    if let Some(t) = &sampler {
+        t.abort();
+    }
     if let Some(t) = &metrics_task {
         t.abort();
     }
@@ -138,9 +161,14 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
 
     let _ = serve.await;
     let _ = expiry.await;
+    let _ = detect.await;
+    if let Some(t) = sampler {
+        let _ = t.await;
+    }
     if let Some(t) = metrics_task {
         let _ = t.await;
     }
+    let mut escalator = escalator.lock().unwrap_or_else(|p| p.into_inner());
     let mut engine = engine.lock().unwrap_or_else(|p| p.into_inner());
     let datapath = engine.datapath_mut();
     if opts.detach_on_exit {
@@ -148,15 +176,49 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         if let Some(g) = syncookies.as_mut() {
             g.restore();
         }
+        escalator.restore_sysctl();
     } else {
         // The program keeps answering with cookies: keep the sysctl too.
         std::mem::forget(syncookies.take());
+        escalator.forget_sysctl();
         info!(
             iface = %opts.iface,
             "daemon stopping; XDP program and rules stay in force (pinned). Use --detach-on-exit to remove them"
         );
     }
     Ok(())
+}
+
+/// The detection and escalation controller, built from the settings: the
+/// configured datapath config is the base escalation adds to, and every
+/// allowlisted prefix is out of bounds for auto-blocks.
+fn escalation_controller(
+    engine: &mut Engine,
+    s: &Settings,
+    base: mitigator_common::Config,
+) -> anyhow::Result<crate::escalation::Controller> {
+    let mut cfg = s.escalation.clone();
+    // A daemon in monitor mode escalates in monitor mode too.
+    cfg.monitor |= s.monitor;
+    Ok(crate::escalation::Controller::new(
+        &s.detect,
+        cfg,
+        base,
+        allow_prefixes(engine)?,
+        escalator::now_ms(),
+    ))
+}
+
+/// Every allowlisted prefix (config and operator rules).
+pub fn allow_prefixes(engine: &mut Engine) -> anyhow::Result<Vec<IpNet>> {
+    let Ok(Reply::Rules { rules }) = engine.handle(Request::List, own_caller()) else {
+        anyhow::bail!("cannot list rules");
+    };
+    Ok(rules
+        .iter()
+        .filter(|r| r.rule.kind == RuleKind::Allow)
+        .map(|r| r.rule.prefix)
+        .collect())
 }
 
 /// Makes the allow rules with reason `CONFIG_ALLOW_REASON` match

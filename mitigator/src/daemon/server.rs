@@ -11,10 +11,13 @@ use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream},
 };
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
-use super::engine::{Caller, Engine};
-use crate::protocol::{Request, Response, MAX_REQUEST_BYTES};
+use super::{
+    engine::{now_secs, Caller, Engine},
+    escalator::Escalator,
+};
+use crate::protocol::{Reply, Request, Response, MAX_REQUEST_BYTES};
 
 /// Who may use the socket besides root and the daemon's own user.
 #[derive(Clone, Copy, Debug, Default)]
@@ -70,6 +73,7 @@ pub fn bind(path: &Path, policy: AccessPolicy) -> anyhow::Result<UnixListener> {
 pub async fn serve(
     listener: UnixListener,
     engine: Arc<Mutex<Engine>>,
+    escalator: Arc<Mutex<Escalator>>,
     policy: AccessPolicy,
     socket_path: PathBuf,
 ) {
@@ -77,8 +81,9 @@ pub async fn serve(
         match listener.accept().await {
             Ok((stream, _)) => {
                 let engine = engine.clone();
+                let escalator = escalator.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = handle_client(stream, engine, policy).await {
+                    if let Err(e) = handle_client(stream, engine, escalator, policy).await {
                         debug!(error = %e, "client connection ended with an error");
                     }
                 });
@@ -94,6 +99,7 @@ pub async fn serve(
 async fn handle_client(
     stream: UnixStream,
     engine: Arc<Mutex<Engine>>,
+    escalator: Arc<Mutex<Escalator>>,
     policy: AccessPolicy,
 ) -> anyhow::Result<()> {
     let cred = stream.peer_cred()?;
@@ -129,8 +135,7 @@ async fn handle_client(
             Ok(request) => {
                 let engine = engine.clone();
                 tokio::task::spawn_blocking(move || {
-                    let mut engine = engine.lock().unwrap_or_else(|p| p.into_inner());
-                    match engine.handle(request, caller) {
+                    match dispatch(&engine, &escalator, request, caller) {
                         Ok(reply) => Response::Ok(reply),
                         Err(msg) => Response::Error(msg),
                     }
@@ -145,6 +150,44 @@ async fn handle_client(
     write.write_all(&line).await?;
     write.shutdown().await?;
     Ok(())
+}
+
+/// Rule and stats requests go to the engine; escalation requests to the
+/// escalation controller (lock order: escalator, then engine).
+fn dispatch(
+    engine: &Arc<Mutex<Engine>>,
+    escalator: &Arc<Mutex<Escalator>>,
+    request: Request,
+    caller: Caller,
+) -> Result<Reply, String> {
+    match request {
+        Request::Escalate { class, level } => {
+            let mut esc = escalator.lock().unwrap_or_else(|p| p.into_inner());
+            let mut engine = engine.lock().unwrap_or_else(|p| p.into_inner());
+            info!(uid = caller.uid, pid = caller.pid, class = %class, level = level.as_deref().unwrap_or("auto"), "escalation requested by operator");
+            esc.escalate(&mut engine, &class, level.as_deref())
+                .map(|s| Reply::Escalation(Box::new(s)))
+        }
+        Request::Top { n } => {
+            let esc = escalator.lock().unwrap_or_else(|p| p.into_inner());
+            Ok(Reply::Top(Box::new(
+                esc.controller.top_report(n.clamp(1, 1000), now_secs()),
+            )))
+        }
+        Request::Status => {
+            let esc = escalator.lock().unwrap_or_else(|p| p.into_inner());
+            let mut engine = engine.lock().unwrap_or_else(|p| p.into_inner());
+            let mut reply = engine.handle(Request::Status, caller)?;
+            if let Reply::Status(status) = &mut reply {
+                status.escalation = Some(Box::new(esc.controller.status()));
+            }
+            Ok(reply)
+        }
+        other => {
+            let mut engine = engine.lock().unwrap_or_else(|p| p.into_inner());
+            engine.handle(other, caller)
+        }
+    }
 }
 
 /// How long a client may take to send its request line.
