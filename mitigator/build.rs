@@ -9,7 +9,9 @@ use std::{env, fs, path::PathBuf};
 fn main() {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
     let default = manifest.join("../target/ebpf/bpfel-unknown-none/release/mitigator");
-    let source = env::var_os("MITIGATOR_EBPF_OBJECT").map(PathBuf::from).unwrap_or(default);
+    let source = env::var_os("MITIGATOR_EBPF_OBJECT")
+        .map(PathBuf::from)
+        .unwrap_or(default);
     println!("cargo:rerun-if-env-changed=MITIGATOR_EBPF_OBJECT");
     println!("cargo:rerun-if-changed={}", source.display());
 

@@ -39,7 +39,10 @@ impl Gcra {
     /// `rate` packets per second with bursts of up to `burst` packets.
     pub const fn per_second(rate: u32, burst: u32) -> Self {
         if rate == 0 {
-            return Self { interval_ns: 0, tolerance_ns: 0 };
+            return Self {
+                interval_ns: 0,
+                tolerance_ns: 0,
+            };
         }
         let interval_ns = 1_000_000_000 / rate as u64;
         let burst = if burst == 0 { 1 } else { burst };
@@ -117,7 +120,13 @@ mod tests {
         assert_eq!(g.interval_ns, 10_000_000);
         assert_eq!(g.tolerance_ns, 190_000_000);
         let g = Gcra::per_second(1, 0);
-        assert_eq!(g, Gcra { interval_ns: 1_000_000_000, tolerance_ns: 0 });
+        assert_eq!(
+            g,
+            Gcra {
+                interval_ns: 1_000_000_000,
+                tolerance_ns: 0
+            }
+        );
         // Faster than 1 packet/ns still costs something.
         assert_eq!(Gcra::per_second(u32::MAX, 1).interval_ns, 1);
     }

@@ -230,7 +230,11 @@ mod tests {
     #[test]
     fn drop_reasons_are_named_drop() {
         for r in Reason::ALL {
-            assert_eq!(r.action() == Action::Drop, r.name().starts_with("drop_"), "{r:?}");
+            assert_eq!(
+                r.action() == Action::Drop,
+                r.name().starts_with("drop_"),
+                "{r:?}"
+            );
         }
     }
 }

@@ -21,10 +21,29 @@ pub enum Request {
         reason: String,
     },
     /// Remove rules of `kind`; all or nothing (every prefix must exist).
-    Remove { kind: RuleKind, prefixes: Vec<String> },
+    Remove {
+        kind: RuleKind,
+        prefixes: Vec<String>,
+    },
     List,
     Stats,
     Status,
+    /// Pin an attack class's escalation level (`level`), or release it to
+    /// the automatic ladder (`level` absent).
+    Escalate {
+        class: String,
+        #[serde(default)]
+        level: Option<String>,
+    },
+    /// The heaviest sources and destinations from the header samples.
+    Top {
+        #[serde(default = "default_top_n")]
+        n: usize,
+    },
+}
+
+fn default_top_n() -> usize {
+    10
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -37,10 +56,19 @@ pub enum Response {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Reply {
-    Changed { added: usize, updated: usize, removed: usize },
-    Rules { rules: Vec<ListedRule> },
+    Changed {
+        added: usize,
+        updated: usize,
+        removed: usize,
+    },
+    Rules {
+        rules: Vec<ListedRule>,
+    },
     Stats(StatsReport),
     Status(StatusReport),
+    /// The escalation state after an `escalate` request.
+    Escalation(Box<crate::escalation::EscalationStatus>),
+    Top(Box<crate::detect::TopReport>),
 }
 
 /// A rule as `list` shows it: the stored rule plus its hit counters.
@@ -103,4 +131,7 @@ pub struct StatusReport {
     pub block_rules: usize,
     pub allow_rules: usize,
     pub state_file: String,
+    /// Per attack class: level, since when, why, whether pinned.
+    #[serde(default)]
+    pub escalation: Option<Box<crate::escalation::EscalationStatus>>,
 }

@@ -22,8 +22,14 @@ pub fn report(iface: &str, at: u64, cells: &[(Reason, Class, Counter)]) -> Stats
             packets: c.packets,
             bytes: c.bytes,
         };
-        reasons.get_mut(reason.name()).expect("all reasons listed").add(&pb);
-        classes.get_mut(class.name()).expect("all classes listed").add(&pb);
+        reasons
+            .get_mut(reason.name())
+            .expect("all reasons listed")
+            .add(&pb);
+        classes
+            .get_mut(class.name())
+            .expect("all classes listed")
+            .add(&pb);
         PacketsBytes::add(&mut total, &pb);
         match reason.action() {
             Action::Drop => PacketsBytes::add(&mut dropped, &pb),
@@ -56,7 +62,10 @@ mod tests {
 
     #[test]
     fn sums_by_reason_class_and_verdict() {
-        let c = |p, b| Counter { packets: p, bytes: b };
+        let c = |p, b| Counter {
+            packets: p,
+            bytes: b,
+        };
         let cells = [
             (Reason::Pass, Class::Udp, c(10, 1000)),
             (Reason::DropBlocklist, Class::Udp, c(5, 500)),
@@ -64,9 +73,27 @@ mod tests {
             (Reason::PassAllowlist, Class::Icmp, c(0, 0)),
         ];
         let r = report("eth0", 7, &cells);
-        assert_eq!(r.total, PacketsBytes { packets: 17, bytes: 1620 });
-        assert_eq!(r.dropped, PacketsBytes { packets: 7, bytes: 620 });
-        assert_eq!(r.passed, PacketsBytes { packets: 10, bytes: 1000 });
+        assert_eq!(
+            r.total,
+            PacketsBytes {
+                packets: 17,
+                bytes: 1620
+            }
+        );
+        assert_eq!(
+            r.dropped,
+            PacketsBytes {
+                packets: 7,
+                bytes: 620
+            }
+        );
+        assert_eq!(
+            r.passed,
+            PacketsBytes {
+                packets: 10,
+                bytes: 1000
+            }
+        );
         assert_eq!(r.reasons["drop_blocklist"].packets, 7);
         assert_eq!(r.classes["udp"].packets, 15);
         assert_eq!(r.classes["fragment"].packets, 0);

@@ -30,7 +30,10 @@ impl SysctlGuard {
         let current = std::fs::read_to_string(&path)?;
         let value: u32 = current.trim().parse().unwrap_or(0);
         if value >= min {
-            return Ok(Self { path, original: None });
+            return Ok(Self {
+                path,
+                original: None,
+            });
         }
         std::fs::write(&path, min.to_string())?;
         info!(sysctl = %path.display(), from = value, to = min, "changed kernel setting for the defences");
@@ -44,8 +47,12 @@ impl SysctlGuard {
     pub fn restore(&mut self) {
         if let Some(original) = self.original.take() {
             match std::fs::write(&self.path, &original) {
-                Ok(()) => info!(sysctl = %self.path.display(), to = %original, "restored kernel setting"),
-                Err(e) => warn!(sysctl = %self.path.display(), error = %e, "cannot restore kernel setting"),
+                Ok(()) => {
+                    info!(sysctl = %self.path.display(), to = %original, "restored kernel setting")
+                }
+                Err(e) => {
+                    warn!(sysctl = %self.path.display(), error = %e, "cannot restore kernel setting")
+                }
             }
         }
     }

@@ -39,7 +39,8 @@ pub struct RemoveArgs {
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let d = humantime::parse_duration(s).map_err(|e| format!("'{s}' is not a duration like 90s, 10m or 2h ({e})"))?;
+    let d = humantime::parse_duration(s)
+        .map_err(|e| format!("'{s}' is not a duration like 90s, 10m or 2h ({e})"))?;
     if d.as_secs() == 0 {
         return Err(format!("'{s}' is shorter than the smallest TTL (1s)"));
     }
@@ -55,8 +56,8 @@ fn validated(prefixes: Vec<String>) -> anyhow::Result<Vec<String>> {
 }
 
 fn read_prefix_file(path: &PathBuf) -> anyhow::Result<Vec<String>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut out = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.split('#').next().unwrap_or("").trim();

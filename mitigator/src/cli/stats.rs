@@ -29,7 +29,9 @@ fn fetch(args: &StatsArgs) -> anyhow::Result<StatsReport> {
 pub fn execute(args: StatsArgs) -> anyhow::Result<()> {
     if !args.watch {
         let s = fetch(&args)?;
-        return if args.output.json { print_json(&s) } else {
+        return if args.output.json {
+            print_json(&s)
+        } else {
             print!("{}", render(&s, None));
             Ok(())
         };

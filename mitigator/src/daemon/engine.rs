@@ -150,6 +150,10 @@ impl Engine {
                 )))
             }
             Request::Status => Ok(Reply::Status(self.status())),
+            // The server hands these to the escalation controller.
+            Request::Escalate { .. } | Request::Top { .. } => {
+                Err("escalation is not running in this daemon".into())
+            }
         }
     }
 
@@ -354,6 +358,7 @@ impl Engine {
             block_rules: self.store.count(RuleKind::Block),
             allow_rules: self.store.count(RuleKind::Allow),
             state_file: self.state.path().display().to_string(),
+            escalation: None,
         }
     }
 
@@ -396,6 +401,79 @@ impl Engine {
             anyhow::bail!("{failed} expired rule(s) could not be removed from the maps");
         }
         Ok(())
+    }
+}
+
+/// Block rules the escalation ladder makes and takes back on its own.
+impl Engine {
+    /// Adds or refreshes an automatic block. An operator's rule for the same
+    /// prefix wins and is left as it is. Returns whether anything changed.
+    pub fn add_auto_block(
+        &mut self,
+        prefix: IpNet,
+        ttl_secs: u64,
+        reason: &str,
+    ) -> anyhow::Result<bool> {
+        let previous = self.store.get(RuleKind::Block, &prefix).cloned();
+        if previous
+            .as_ref()
+            .is_some_and(|r| r.source == RuleSource::Operator)
+        {
+            return Ok(false);
+        }
+        let now_ms = now_millis();
+        let rule = Rule {
+            prefix,
+            kind: RuleKind::Block,
+            source: RuleSource::Auto,
+            reason: reason.to_string(),
+            created: previous.as_ref().map_or(now_ms / 1000, |r| r.created),
+            expires: Some(expiry_for(now_ms, ttl_secs)),
+            uid: None,
+        };
+        self.datapath.insert(RuleKind::Block, &prefix)?;
+        self.store.upsert(rule);
+        if let Err(e) = self.state.save(&self.store) {
+            match previous {
+                Some(old) => {
+                    self.store.upsert(old);
+                }
+                None => {
+                    self.store.remove(RuleKind::Block, &prefix);
+                    let _ = self.datapath.remove(RuleKind::Block, &prefix);
+                }
+            }
+            return Err(e.into());
+        }
+        info!(
+            action = "block",
+            source = "auto",
+            prefix = %prefix,
+            reason,
+            ttl_secs,
+            refreshed = previous.is_some(),
+            "rule added"
+        );
+        Ok(true)
+    }
+
+    /// Removes an automatic block (an operator rule is never touched).
+    pub fn remove_auto_block(&mut self, prefix: &IpNet) -> anyhow::Result<bool> {
+        match self.store.get(RuleKind::Block, prefix) {
+            Some(r) if r.source == RuleSource::Auto => {}
+            _ => return Ok(false),
+        }
+        let old = self
+            .store
+            .remove(RuleKind::Block, prefix)
+            .expect("checked above");
+        if let Err(e) = self.state.save(&self.store) {
+            self.store.upsert(old);
+            return Err(e.into());
+        }
+        self.datapath.remove(RuleKind::Block, prefix)?;
+        info!(action = "block", source = "auto", prefix = %prefix, "rule removed");
+        Ok(true)
     }
 }
 
