@@ -42,6 +42,7 @@ pub fn call(socket: &Path, request: &Request) -> Result<Reply, ClientError> {
         reason: e.to_string(),
     })?;
     stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
+    stream.set_write_timeout(Some(REPLY_TIMEOUT))?;
     let written = stream.write_all(&line);
     let mut reply = String::new();
     let read = BufReader::new(&stream).read_line(&mut reply);
@@ -96,7 +97,8 @@ mod tests {
         let server = std::thread::spawn(move || {
             let (mut conn, _) = listener.accept().unwrap();
             // Answer without reading the request, then hang up.
-            conn.write_all(b"{\"error\":\"permission denied: test\"}\n").unwrap();
+            conn.write_all(b"{\"error\":\"permission denied: test\"}\n")
+                .unwrap();
         });
         // Far more than the socket buffers hold, so the write cannot finish.
         let prefixes = vec!["10.0.0.0/8".to_string(); 1_000_000];

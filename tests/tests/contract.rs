@@ -828,3 +828,43 @@ fn unknown_fields_on_unit_requests_are_refused() {
         );
     }
 }
+
+/// A bulk load larger than the daemon reads is refused by the client with
+/// its size and the limit, before anything is sent.
+#[test]
+fn an_oversize_bulk_load_is_refused_with_its_size_and_changes_nothing() {
+    require_privileges!();
+    let lab = Lab::new("big").unwrap();
+    let daemon = Daemon::start(&lab, &[]).unwrap();
+    daemon.ok(&["block", "10.8.0.0/16"]);
+    let before = snapshot(&daemon);
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("huge.txt");
+    let base = u32::from(Ipv4Addr::new(11, 0, 0, 0));
+    let prefixes: Vec<String> = (0..4_000_000u32)
+        .map(|i| format!("{}/32", Ipv4Addr::from(base + i)))
+        .collect();
+    std::fs::write(&file, prefixes.join("\n")).unwrap();
+    // The request the client would send, as the protocol lays it out.
+    let size = serde_json::to_vec(&serde_json::json!({
+        "cmd": "add", "kind": "block", "prefixes": prefixes, "ttl_secs": null, "reason": ""
+    }))
+    .unwrap()
+    .len()
+        + 1;
+    assert!(size > MAX_REQUEST_BYTES);
+    let r = daemon.cli(&["block", "--from-file", file.to_str().unwrap()]);
+    assert_eq!(
+        (r.code, r.stderr.as_str()),
+        (
+            1,
+            format!(
+                "mitigator: the request is {size} bytes, more than the daemon accepts \
+                 ({MAX_REQUEST_BYTES} bytes); nothing was changed: split the prefixes into several requests\n"
+            )
+            .as_str()
+        )
+    );
+    assert_eq!(snapshot(&daemon), before);
+}
