@@ -25,9 +25,11 @@ pub enum Request {
         kind: RuleKind,
         prefixes: Vec<String>,
     },
-    List,
-    Stats,
-    Status,
+    // Struct variants, not unit ones: serde's deny_unknown_fields only
+    // refuses stray fields on struct variants. The wire form is the same.
+    List {},
+    Stats {},
+    Status {},
     /// Pin an attack class's escalation level (`level`), or release it to
     /// the automatic ladder (`level` absent).
     Escalate {

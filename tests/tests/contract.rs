@@ -813,7 +813,6 @@ fn a_full_map_is_a_clear_error_naming_the_limit_and_changes_nothing() {
 /// `status`) of an internally tagged enum even with `deny_unknown_fields`;
 /// protocol.rs needs `List {}` etc. (same wire form) to refuse them.
 #[test]
-#[ignore = "needs protocol.rs: unit request variants accept unknown fields"]
 fn unknown_fields_on_unit_requests_are_refused() {
     require_privileges!();
     let lab = Lab::new("unit").unwrap();

@@ -15,7 +15,7 @@ pub struct ListArgs {
 }
 
 pub fn execute(args: ListArgs) -> anyhow::Result<()> {
-    let Reply::Rules { rules } = client::call(&args.socket.socket, &Request::List)? else {
+    let Reply::Rules { rules } = client::call(&args.socket.socket, &Request::List {})? else {
         anyhow::bail!("unexpected reply from daemon");
     };
     if args.output.json {

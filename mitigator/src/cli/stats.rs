@@ -20,7 +20,7 @@ pub struct StatsArgs {
 }
 
 fn fetch(args: &StatsArgs) -> anyhow::Result<StatsReport> {
-    match client::call(&args.socket.socket, &Request::Stats)? {
+    match client::call(&args.socket.socket, &Request::Stats {})? {
         Reply::Stats(s) => Ok(s),
         _ => anyhow::bail!("unexpected reply from daemon"),
     }

@@ -15,7 +15,7 @@ pub struct StatusArgs {
 }
 
 pub fn execute(args: StatusArgs) -> anyhow::Result<()> {
-    let Reply::Status(s) = client::call(&args.socket.socket, &Request::Status)? else {
+    let Reply::Status(s) = client::call(&args.socket.socket, &Request::Status {})? else {
         anyhow::bail!("unexpected reply from daemon");
     };
     if args.output.json {

@@ -140,8 +140,8 @@ impl Engine {
                 reason,
             } => self.add(kind, &prefixes, ttl_secs, reason, caller),
             Request::Remove { kind, prefixes } => self.remove(kind, &prefixes, caller),
-            Request::List => self.list(),
-            Request::Stats => {
+            Request::List {} => self.list(),
+            Request::Stats {} => {
                 let cells = self.datapath.counters().map_err(|e| e.to_string())?;
                 Ok(Reply::Stats(stats::report(
                     self.datapath.iface(),
@@ -149,7 +149,7 @@ impl Engine {
                     &cells,
                 )))
             }
-            Request::Status => Ok(Reply::Status(self.status())),
+            Request::Status {} => Ok(Reply::Status(self.status())),
             // The server hands these to the escalation controller.
             Request::Escalate { .. } | Request::Top { .. } => {
                 Err("escalation is not running in this daemon".into())

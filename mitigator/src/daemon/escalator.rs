@@ -9,6 +9,7 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
+use ipnet::IpNet;
 use mitigator_common::{Sample, FLAG_SYN_COOKIES};
 use tokio::io::unix::AsyncFd;
 use tracing::{info, warn};
@@ -18,6 +19,7 @@ use crate::{
     detect::AttackClass,
     escalation::{ActionKind, Controller, EscalationStatus, Level, StepOutput},
     metrics::Metrics,
+    rules::RuleKind,
     sysctl::SysctlGuard,
 };
 
@@ -32,6 +34,9 @@ pub fn now_ms() -> u64 {
 pub struct Escalator {
     pub controller: Controller,
     syncookies: Option<SysctlGuard>,
+    /// The allowlisted prefixes last handed to the controller (`None`:
+    /// not yet synced with the rule store).
+    allowlist: Option<Vec<IpNet>>,
 }
 
 impl Escalator {
@@ -39,7 +44,32 @@ impl Escalator {
         Self {
             controller,
             syncookies: None,
+            allowlist: None,
         }
+    }
+
+    /// Hands the controller the allow rules in force now: operators add
+    /// and remove them at run time (`mitigator allow` / `unallow`, TTLs),
+    /// and an allowlisted prefix must never be auto-blocked. Auto-blocks
+    /// that overlap a new allow rule are removed at once. Cheap when
+    /// nothing changed: one lookup per known allow rule.
+    fn sync_allowlist(&mut self, engine: &mut Engine) {
+        let store = engine.store();
+        let unchanged = self.allowlist.as_ref().is_some_and(|known| {
+            known.len() == store.count(RuleKind::Allow)
+                && known.iter().all(|p| store.contains(RuleKind::Allow, p))
+        });
+        if unchanged {
+            return;
+        }
+        let allowlist: Vec<IpNet> = store
+            .iter()
+            .filter(|r| r.kind == RuleKind::Allow)
+            .map(|r| r.prefix)
+            .collect();
+        self.allowlist = Some(allowlist.clone());
+        let out = self.controller.set_allowlist(allowlist, now_ms());
+        self.apply(engine, out);
     }
 
     /// Carries out a step of the ladder: config changes, auto-blocks, logs.
@@ -130,6 +160,8 @@ impl Escalator {
         level: Option<&str>,
     ) -> Result<EscalationStatus, String> {
         let class: AttackClass = class.parse()?;
+        // A pin at auto-block level blocks at once: with the allowlist of now.
+        self.sync_allowlist(engine);
         let out = match level {
             None => self.controller.release(class, now_ms()),
             Some(l) => {
@@ -147,6 +179,7 @@ impl Escalator {
 pub fn tick(engine: &Arc<Mutex<Engine>>, esc: &Arc<Mutex<Escalator>>, metrics: Option<&Metrics>) {
     let mut esc = esc.lock().unwrap_or_else(|p| p.into_inner());
     let mut engine = engine.lock().unwrap_or_else(|p| p.into_inner());
+    esc.sync_allowlist(&mut engine);
     match engine.datapath().counters() {
         Ok(counters) => {
             let out = esc.controller.interval(now_ms(), &counters);

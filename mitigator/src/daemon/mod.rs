@@ -209,15 +209,14 @@ fn escalation_controller(
     ))
 }
 
-/// Every allowlisted prefix (config and operator rules).
+/// Every allowlisted prefix (config and operator rules), from the store:
+/// no map walk, so cheap with a million block rules.
 pub fn allow_prefixes(engine: &mut Engine) -> anyhow::Result<Vec<IpNet>> {
-    let Ok(Reply::Rules { rules }) = engine.handle(Request::List, own_caller()) else {
-        anyhow::bail!("cannot list rules");
-    };
-    Ok(rules
+    Ok(engine
+        .store()
         .iter()
-        .filter(|r| r.rule.kind == RuleKind::Allow)
-        .map(|r| r.rule.prefix)
+        .filter(|r| r.kind == RuleKind::Allow)
+        .map(|r| r.prefix)
         .collect())
 }
 
@@ -227,22 +226,17 @@ pub fn allow_prefixes(engine: &mut Engine) -> anyhow::Result<Vec<IpNet>> {
 /// longer lists.
 fn apply_allowlist(engine: &mut Engine, s: &Settings) -> anyhow::Result<()> {
     let caller = own_caller();
-    let Ok(Reply::Rules { rules }) = engine.handle(Request::List, caller) else {
-        anyhow::bail!("cannot list rules to apply the allowlist");
-    };
-    let allowed: HashSet<IpNet> = rules
+    let allow_rules: Vec<_> = engine
+        .store()
         .iter()
-        .filter(|r| r.rule.kind == RuleKind::Allow)
-        .map(|r| r.rule.prefix)
+        .filter(|r| r.kind == RuleKind::Allow)
+        .cloned()
         .collect();
-    let stale: Vec<String> = rules
+    let allowed: HashSet<IpNet> = allow_rules.iter().map(|r| r.prefix).collect();
+    let stale: Vec<String> = allow_rules
         .iter()
-        .filter(|r| {
-            r.rule.kind == RuleKind::Allow
-                && r.rule.reason == CONFIG_ALLOW_REASON
-                && !s.allowlist.contains(&r.rule.prefix)
-        })
-        .map(|r| r.rule.prefix.to_string())
+        .filter(|r| r.reason == CONFIG_ALLOW_REASON && !s.allowlist.contains(&r.prefix))
+        .map(|r| r.prefix.to_string())
         .collect();
     let missing: Vec<String> = s
         .allowlist
@@ -295,7 +289,7 @@ impl metrics::Source for EngineSource {
     fn snapshot(&self) -> Result<Snapshot, String> {
         let mut engine = self.engine.lock().unwrap_or_else(|p| p.into_inner());
         let caller = own_caller();
-        let Reply::Status(status) = engine.handle(Request::Status, caller)? else {
+        let Reply::Status(status) = engine.handle(Request::Status {}, caller)? else {
             return Err("unexpected status reply".into());
         };
         let counters = engine
@@ -312,15 +306,13 @@ impl metrics::Source for EngineSource {
             .collect();
         let events = engine.datapath().events().ok();
         let (rules, maps) = self.slow.get(|| {
-            let Reply::Rules { rules } = engine.handle(Request::List, caller)? else {
-                return Err("unexpected list reply".into());
-            };
             let mut counts = Vec::new();
             for kind in [RuleKind::Block, RuleKind::Allow] {
                 for source in [RuleSource::Operator, RuleSource::Auto] {
-                    let count = rules
+                    let count = engine
+                        .store()
                         .iter()
-                        .filter(|r| r.rule.kind == kind && r.rule.source == source)
+                        .filter(|r| r.kind == kind && r.source == source)
                         .count() as u64;
                     counts.push(RuleCount {
                         kind: kind.as_str(),

@@ -174,10 +174,10 @@ fn dispatch(
                 esc.controller.top_report(n.clamp(1, 1000), now_secs()),
             )))
         }
-        Request::Status => {
+        Request::Status {} => {
             let esc = escalator.lock().unwrap_or_else(|p| p.into_inner());
             let mut engine = engine.lock().unwrap_or_else(|p| p.into_inner());
-            let mut reply = engine.handle(Request::Status, caller)?;
+            let mut reply = engine.handle(Request::Status {}, caller)?;
             if let Reply::Status(status) = &mut reply {
                 status.escalation = Some(Box::new(esc.controller.status()));
             }

@@ -321,6 +321,12 @@ pub struct TopTalkers {
     legit_total: f64,
     pending_legit: Vec<PendingLegit>,
     pending_legit_total: [f64; GROUPS],
+    /// The interval before: passed samples of a quiet class wait here one
+    /// more interval, and join the legitimate summary only if the next
+    /// interval is quiet too (a flood that starts late in an interval
+    /// leaves it under the threshold; its first packets are not legitimate).
+    held_legit: Vec<PendingLegit>,
+    held_legit_total: [f64; GROUPS],
     /// Decayed sum of tick lengths: offered / norm is a rate.
     norm: f64,
     last_tick_ms: Option<u64>,
@@ -354,6 +360,14 @@ impl TopTalkers {
                 })
                 .collect(),
             pending_legit_total: [0.0; GROUPS],
+            held_legit: (0..GROUPS)
+                .map(|_| PendingLegit {
+                    levels: (0..PrefixLevel::COUNT)
+                        .map(|_| SpaceSaving::new(pending_k, primary))
+                        .collect(),
+                })
+                .collect(),
+            held_legit_total: [0.0; GROUPS],
             norm: 0.0,
             last_tick_ms: None,
             samples: 0,
@@ -463,15 +477,32 @@ impl TopTalkers {
     /// interval's samples.
     pub fn tick(&mut self, now_ms: u64, rates: Option<&Rates>, quiet: &[AttackClass]) {
         for group in 0..GROUPS {
-            let commit = group == OTHER_GROUP || quiet.iter().any(|c| c.index() == group);
-            let pending = &mut self.pending_legit[group];
-            if commit {
-                for (level, table) in pending.levels.iter().enumerate() {
+            let quiet_now = group == OTHER_GROUP || quiet.iter().any(|c| c.index() == group);
+            // Held samples (a quiet interval's) are legitimate when this
+            // interval is quiet too; plain TCP and unclassified traffic
+            // has no attack class and is committed at once.
+            if quiet_now {
+                for (level, table) in self.held_legit[group].levels.iter().enumerate() {
                     self.legit[level].merge_from(table);
                 }
-                self.legit_total += self.pending_legit_total[group];
+                self.legit_total += self.held_legit_total[group];
             }
-            for table in &mut pending.levels {
+            for table in &mut self.held_legit[group].levels {
+                table.clear();
+            }
+            self.held_legit_total[group] = 0.0;
+            if quiet_now {
+                if group == OTHER_GROUP {
+                    for (level, table) in self.pending_legit[group].levels.iter().enumerate() {
+                        self.legit[level].merge_from(table);
+                    }
+                    self.legit_total += self.pending_legit_total[group];
+                } else {
+                    std::mem::swap(&mut self.pending_legit[group], &mut self.held_legit[group]);
+                    self.held_legit_total[group] = self.pending_legit_total[group];
+                }
+            }
+            for table in &mut self.pending_legit[group].levels {
                 table.clear();
             }
             self.pending_legit_total[group] = 0.0;

@@ -710,7 +710,14 @@ impl Ladder {
     ) {
         let ab = self.cfg.auto_block.clone();
         let ttl_ms = ab.ttl_secs * 1000;
-        let (cands, skipped) = blocks::candidates(class, top, &ab, &self.allowlist);
+        let (mut cands, skipped) = blocks::candidates(class, top, &ab, &self.allowlist);
+        // The top talkers scale shares by the previous interval's rate (they
+        // tick after this step): at a flood's first interval that is the
+        // quiet one before it. Estimate from this interval's offered load.
+        let class_pps = self.classes[class.index()].last.pps;
+        for c in &mut cands {
+            c.est_pps = c.share * class_pps;
+        }
         let rearm = std::mem::take(&mut self.classes[class.index()].rearm);
         // Re-armed blocks first (they were the campaign's), then the current
         // heaviest.
