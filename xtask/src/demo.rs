@@ -1,21 +1,38 @@
 //! `cargo xtask demo`: a narrated lab in network namespaces.
 //!
 //! ```text
-//!  client ns              bridge ns (br0)                host ns
+//!  client ns              bridge ns (br0)                 host ns
 //!  eth0 10.77.0.10 ─veth─ to-client ──┐
 //!                                     br0 ─ to-host ─veth─ mtg0 10.77.0.1  <- XDP (mitigator run)
-//!  eth0 10.77.0.66 ─veth─ to-attacker ┘                    UDP listener :9000
+//!  eth0 10.77.0.66 ─veth─ to-attacker ┘   (XDP_PASS)       UDP listener :9000 (step 3)
+//!       10.77.1.1-4 (UDP flood sources)                    UDP echo :7, HTTP :80 (steps 4-7)
 //!  attacker ns
 //! ```
 //!
-//! Both senders reach the host through one interface, `mtg0`, which is the
-//! one the daemon protects. The story: both get through; the operator
-//! blocks the attacker's address; only the client gets through and the
-//! drop counters move; the operator unblocks; both get through again.
+//! Everything reaches the host through one interface, `mtg0`, which is the
+//! one the daemon protects. The story, in two parts:
 //!
-//! All traffic stays between namespaces this lab creates. A guard tears
-//! everything down on success, on error and on Ctrl-C; leftovers of a
-//! crashed earlier run are removed at start.
+//! 1. By hand (step 3): client and attacker both get through; the operator
+//!    blocks the attacker's address; only the client gets through; the
+//!    operator unblocks.
+//! 2. On its own (steps 4-7, [`escalation`]): a client uses real services;
+//!    a UDP flood and a spoofed SYN flood start; the ladders climb
+//!    (auto-blocks, SYN cookies) while the client keeps being served; the
+//!    floods stop and the ladders step down after the quiet period; a
+//!    second burst re-arms at once. A live table shows it, a row a second.
+//!
+//! SYN cookies from XDP leave `mtg0` with XDP_TX, and a veth only delivers
+//! such frames when its peer runs an XDP program too: the bridge side,
+//! `to-host`, gets a two-instruction XDP_PASS program ([`net::XdpPass`]).
+//!
+//! All traffic stays between namespaces this lab creates, and every
+//! traffic loop is bounded in time. A guard tears everything down on
+//! success, on error and on Ctrl-C; leftovers of a crashed earlier run are
+//! removed at start.
+
+mod escalation;
+mod net;
+mod traffic;
 
 use std::{
     collections::BTreeMap,
@@ -86,6 +103,8 @@ struct Lab {
     pin_root: PathBuf,
     namespaces: Vec<String>,
     daemon: Option<Child>,
+    /// The XDP_PASS program on the bridge side of the host's veth.
+    xdp_pass: Option<net::XdpPass>,
 }
 
 impl Lab {
@@ -170,6 +189,7 @@ impl Lab {
     fn cleanup(&mut self) {
         util::heading("Cleaning up");
         self.stop_daemon();
+        self.xdp_pass = None;
         for ns in std::mem::take(&mut self.namespaces).iter().rev() {
             delete_namespace(ns, true);
         }
@@ -251,8 +271,9 @@ fn in_namespace(ns: &str, program: &Path) -> Command {
     cmd
 }
 
+/// `ip ARGS`, quietly (the diagram says what is built); fails with ip's message.
 fn ip(args: &[&str]) -> Result<()> {
-    util::run(Command::new("ip").args(args))
+    util::output(Command::new("ip").args(args)).map(|_| ())
 }
 
 /// Remove namespaces and directories of earlier runs whose xtask is gone.
@@ -320,9 +341,10 @@ pub fn run(args: &Args) -> Result<()> {
     println!("mitigator demo lab");
     println!("==================");
     println!(
-        "This lab builds a tiny network in namespaces, starts the mitigator daemon on the\n\
-         host's interface, and shows an operator blocking an attacker while a legitimate\n\
-         client keeps getting through. Ctrl-C at any time cleans everything up."
+        "This lab builds a tiny network in namespaces and starts the mitigator daemon on the\n\
+         host's interface. An operator blocks an attacker by hand; then floods start and the\n\
+         daemon defends on its own while a client keeps being served, and stands down after.\n\
+         About a minute; Ctrl-C at any time cleans everything up."
     );
 
     let bin = if args.no_build {
@@ -349,6 +371,7 @@ pub fn run(args: &Args) -> Result<()> {
         bin,
         namespaces: Vec::new(),
         daemon: None,
+        xdp_pass: None,
     };
     let result = story(&mut lab, args);
     if let Err(e) = &result {
@@ -364,11 +387,24 @@ fn story(lab: &mut Lab, args: &Args) -> Result<()> {
     util::check_interrupted()?;
     start_daemon(lab)?;
     util::check_interrupted()?;
-
-    util::heading("Step 3: normal traffic: client and attacker both get through");
+    by_hand(lab, args)?;
+    util::check_interrupted()?;
+    escalation::story(lab)?;
     println!(
-        "Each sender sends {} UDP datagrams to {HOST_IP}:{PORT}; a listener in the host\n\
-         namespace counts them per source. Nothing is blocked yet.",
+        "\nAll as expected. Next: README.md, sections \"Operating\" (also `mitigator top` for the\n\
+         heaviest sources live, `mitigator escalate CLASS LEVEL|auto` to pin a ladder) and \"Escalation\"."
+    );
+    Ok(())
+}
+
+/// Step 3: the operator blocks and unblocks an address with the CLI.
+fn by_hand(lab: &Lab, args: &Args) -> Result<()> {
+    util::heading("Step 3: by hand: the operator blocks an address, then lifts the block");
+    println!(
+        "The client ({CLIENT_IP}) and the attacker ({ATTACKER_IP}) each send {} UDP datagrams to a\n\
+         listener on {HOST_IP}:{PORT} that counts them per source: once before the block, once\n\
+         while blocked, once after. A block goes into the XDP program's blocklist (an LPM\n\
+         trie) and into the rule store on disk.",
         args.count
     );
     let before = round(lab, args)?;
@@ -376,29 +412,34 @@ fn story(lab: &mut Lab, args: &Args) -> Result<()> {
     if before.client < min || before.attacker < min {
         bail!("baseline traffic did not get through, so the lab network is not working");
     }
-    println!("\nThe daemon counts every verdict per reason:");
-    lab.show("stats", &[])?;
-    util::check_interrupted()?;
-
-    util::heading("Step 4: the operator blocks the attacker");
-    println!(
-        "One command, sent to the daemon over its control socket. The prefix goes into\n\
-         the XDP program's blocklist (an LPM trie) and into the rule store on disk."
-    );
     lab.show(
         "block",
         &[&format!("{ATTACKER_IP}/32"), "--reason", "demo attacker"],
     )?;
     lab.show_optional("list", &[]);
-    util::check_interrupted()?;
-
-    util::heading("Step 5: traffic again: the client gets through, the attacker does not");
     let blocked = round(lab, args)?;
-    println!("\nThe attacker's datagrams were dropped in XDP, before the kernel's network stack:");
-    lab.show("stats", &[])?;
-    if let Some(n) = drop_blocklist(lab) {
-        println!("drop_blocklist: {n} packets");
-    }
+    let dropped = drop_blocklist(lab);
+    lab.show("unblock", &[&format!("{ATTACKER_IP}/32")])?;
+    let after = round(lab, args)?;
+
+    println!(
+        "\n                      client  attacker   (received of {} sent each)",
+        args.count
+    );
+    println!(
+        "  before the block  {:>8}  {:>8}",
+        before.client, before.attacker
+    );
+    println!(
+        "  while blocked     {:>8}  {:>8}   dropped in XDP (drop_blocklist): {}",
+        blocked.client,
+        blocked.attacker,
+        dropped.map_or("?".into(), |n| n.to_string())
+    );
+    println!(
+        "  after unblock     {:>8}  {:>8}",
+        after.client, after.attacker
+    );
     let mut failures = Vec::new();
     if blocked.attacker != 0 {
         failures.push(format!(
@@ -412,40 +453,15 @@ fn story(lab: &mut Lab, args: &Args) -> Result<()> {
             blocked.client
         ));
     }
-    util::check_interrupted()?;
-
-    util::heading("Step 6: the operator lifts the block");
-    lab.show("unblock", &[&format!("{ATTACKER_IP}/32")])?;
-    let after = round(lab, args)?;
     if after.attacker < min {
         failures.push(format!(
             "after unblock only {} attacker datagrams got through",
             after.attacker
         ));
     }
-    util::check_interrupted()?;
-
-    util::heading("Summary");
-    println!(
-        "                      client  attacker   (received of {} sent each)",
-        args.count
-    );
-    println!(
-        "  before the block  {:>8}  {:>8}",
-        before.client, before.attacker
-    );
-    println!(
-        "  while blocked     {:>8}  {:>8}",
-        blocked.client, blocked.attacker
-    );
-    println!(
-        "  after unblock     {:>8}  {:>8}",
-        after.client, after.attacker
-    );
     if !failures.is_empty() {
         bail!("the demo's expectations failed: {}", failures.join("; "));
     }
-    println!("\nAll as expected. Next: README.md, section \"Operating\".");
     Ok(())
 }
 
@@ -504,6 +520,38 @@ fn build_network(lab: &mut Lab) -> Result<()> {
         ip(&["-n", peer_ns, "link", "set", peer, "up"])?;
         ip(&["-n", peer_ns, "link", "set", "lo", "up"])?;
     }
+    // The flood sources (steps 5 and 7): more addresses of the attacker, in a
+    // /24 of their own, which the host routes back through the attacker.
+    for src in escalation::FLOOD_SOURCES {
+        ip(&[
+            "-n",
+            &attacker,
+            "addr",
+            "add",
+            &format!("{src}/24"),
+            "dev",
+            "eth0",
+        ])?;
+    }
+    ip(&[
+        "-n",
+        &host,
+        "route",
+        "add",
+        escalation::FLOOD_NET,
+        "via",
+        ATTACKER_IP,
+    ])?;
+    // SYN cookies from XDP leave mtg0 with XDP_TX; veth hands such frames to
+    // its peer only when the peer runs an XDP program as well.
+    lab.xdp_pass = Some(net::XdpPass::attach(&net, "to-host")?);
+    println!(
+        "Also: the attacker has four more addresses in {} for the flood later, and the bridge\n\
+         side of the host's veth (to-host) runs a two-instruction XDP_PASS program, so that\n\
+         SYN-ACKs the XDP program sends back (XDP_TX) reach the bridge: a veth delivers\n\
+         XDP_TX frames only to a peer that runs XDP too.",
+        escalation::FLOOD_NET
+    );
     Ok(())
 }
 
@@ -515,6 +563,7 @@ fn start_daemon(lab: &mut Lab) -> Result<()> {
          (Its log goes to {}.)",
         lab.log_path().display()
     );
+    let config = escalation::write_config(&lab.dir)?;
     let log = fs::File::create(lab.log_path())?;
     let mut cmd = in_namespace(&lab.names.host, &lab.bin);
     cmd.arg("run")
@@ -525,6 +574,8 @@ fn start_daemon(lab: &mut Lab) -> Result<()> {
         .arg("--pin-root")
         .arg(&lab.pin_root)
         .arg("--detach-on-exit")
+        .arg("--config")
+        .arg(&config)
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
@@ -617,7 +668,6 @@ fn round(lab: &Lab, args: &Args) -> Result<Counts> {
                 &args.rate.to_string(),
             ])
             .stdout(Stdio::piped());
-        println!("{who:>8} sends {} datagrams to {to}", args.count);
         senders.push((
             who,
             cmd.spawn()
@@ -643,20 +693,18 @@ fn round(lab: &Lab, args: &Args) -> Result<Counts> {
     let doc: Value = serde_json::from_str(&last)
         .with_context(|| format!("reading the listener's report: {last}"))?;
     let got = |ip: &str| doc["by_source"][ip].as_u64().unwrap_or(0) as u32;
-    let counts = Counts {
+    for (who, n) in &sent {
+        if *n != u64::from(args.count) {
+            println!(
+                "  (the {who} sender sent only {n} of {} datagrams)",
+                args.count
+            );
+        }
+    }
+    Ok(Counts {
         client: got(CLIENT_IP),
         attacker: got(ATTACKER_IP),
-    };
-    println!("\n  sender    source        sent  received");
-    println!(
-        "  client    {CLIENT_IP:<12} {:>5}  {:>8}",
-        sent["client"], counts.client
-    );
-    println!(
-        "  attacker  {ATTACKER_IP:<12} {:>5}  {:>8}",
-        sent["attacker"], counts.attacker
-    );
-    Ok(counts)
+    })
 }
 
 fn next_line(rx: &mpsc::Receiver<String>, timeout: Duration) -> Result<String> {
