@@ -401,15 +401,25 @@ fn check_config_reports_ok_or_the_exact_error_and_touches_nothing() {
 /// Runs the CLI as an unprivileged user (uid 65534, the given gid) from a
 /// copy of the binary anyone may execute.
 fn cli_as_nobody(bin: &Path, gid: u32, socket: &Path, args: &[&str]) -> CliResult {
-    Command::new(bin)
-        .args(args)
-        .arg("--socket")
-        .arg(socket)
-        .uid(65534)
-        .gid(gid)
-        .output()
-        .unwrap()
-        .into()
+    // Another test thread forking while the copy was still open for writing
+    // holds a write fd until its exec: ETXTBSY for a moment. Retry, bounded.
+    for _ in 0..100 {
+        match Command::new(bin)
+            .args(args)
+            .arg("--socket")
+            .arg(socket)
+            .uid(65534)
+            .gid(gid)
+            .output()
+        {
+            Ok(out) => return out.into(),
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => panic!("run {}: {e}", bin.display()),
+        }
+    }
+    panic!("{} stayed busy (ETXTBSY) for 2 s", bin.display());
 }
 
 fn public_binary_copy(dir: &Path) -> PathBuf {

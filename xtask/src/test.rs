@@ -49,7 +49,8 @@ pub fn run(args: &Args) -> Result<()> {
 
     let mut test = build::host_cargo(object);
     test.env("MITIGATOR_BIN", &artifacts.binary)
-        .args(["test", "--workspace", "--release"]);
+        // Every test binary runs even after one fails: CI shows all failures.
+        .args(["test", "--workspace", "--release", "--no-fail-fast"]);
     if !args.cargo_test_args.is_empty() {
         test.arg("--").args(&args.cargo_test_args);
     }
