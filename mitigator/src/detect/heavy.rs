@@ -18,9 +18,9 @@
 //! (1 in N).
 //!
 //! Legitimate traffic: samples that were passed, in classes that were quiet
-//! in the interval they were seen (see `tick`), feed a separate, slowly
-//! decaying summary. Auto-blocking uses it to leave alone prefixes that
-//! carry a large part of the legitimate traffic.
+//! in the interval they were seen and in the next one (see `tick`), feed a
+//! separate, slowly decaying summary. Auto-blocking uses it to leave alone
+//! prefixes that carry a large part of the legitimate traffic.
 
 use std::{
     fmt,
@@ -399,6 +399,7 @@ impl TopTalkers {
             + self
                 .pending_legit
                 .iter()
+                .chain(&self.held_legit)
                 .flat_map(|p| p.levels.iter().map(SpaceSaving::len))
                 .sum::<usize>()
     }
@@ -409,7 +410,7 @@ impl TopTalkers {
         let pending_k = (k / 4).max(16);
         Scope::ALL.len() * (PrefixLevel::COUNT + 1) * k
             + PrefixLevel::COUNT * k
-            + GROUPS * PrefixLevel::COUNT * pending_k
+            + 2 * GROUPS * PrefixLevel::COUNT * pending_k
     }
 
     /// Counts one sampled packet header.
@@ -469,10 +470,13 @@ impl TopTalkers {
     }
 
     /// Closes an interval at `now_ms` (unix milliseconds): the passed samples
-    /// of the classes in `quiet` (and of plain TCP / unclassified traffic)
-    /// join the legitimate-traffic summary, those of the other classes are
-    /// discarded; `rates` (the same interval's counters, when known) sets the
-    /// scale of the estimates; then everything decays by the time elapsed.
+    /// of plain TCP / unclassified traffic join the legitimate-traffic
+    /// summary; those of the classes in `quiet` are held one more interval
+    /// and join it only if the class is in `quiet` at the next tick too (a
+    /// flood that starts late in an interval leaves that interval under the
+    /// threshold); everything else is discarded; `rates` (the same
+    /// interval's counters, when known) sets the scale of the estimates;
+    /// then everything decays by the time elapsed.
     /// Call it once per interval, after the escalation step has used the
     /// interval's samples.
     pub fn tick(&mut self, now_ms: u64, rates: Option<&Rates>, quiet: &[AttackClass]) {
@@ -920,7 +924,9 @@ pub(crate) mod tests {
         assert!((d[0].share - 150.0 / 210.0).abs() < 1e-9);
         assert_eq!(d[1].port, 22);
         assert!(top.top_sources_in(scope, PrefixLevel::V4Host, 5).is_empty());
-        // Only passed samples are legitimate traffic.
+        // Only passed samples are legitimate traffic, once the next interval
+        // is quiet too.
+        top.tick(2_000, None, &AttackClass::ALL);
         assert_eq!(top.legit_share(&net("2001:db8:ff::9/128")), 1.0);
         assert_eq!(top.legit_share(&net("2001:db8:aa::/48")), 0.0);
     }
@@ -1021,6 +1027,9 @@ pub(crate) mod tests {
             ));
         }
         top.tick(2_000, None, &AttackClass::ALL);
+        // Held until the next interval is quiet too.
+        assert_eq!(top.legit_share(&net("198.51.100.1/32")), 0.0);
+        top.tick(2_500, None, &AttackClass::ALL);
         let s = top.legit_share(&net("198.51.100.1/32"));
         assert!((s - 0.5).abs() < 0.01, "{s}");
         assert!((top.legit_share(&net("198.51.100.0/24")) - 1.0).abs() < 1e-9);
@@ -1036,6 +1045,37 @@ pub(crate) mod tests {
         }
         top.tick(3_000, None, &AttackClass::ALL);
         assert_eq!(top.legit_share(&net("198.51.100.3/32")), 0.0);
+    }
+
+    /// A flood that starts late in an interval leaves it under the threshold
+    /// (the class is quiet at that tick): its first packets must not count
+    /// as legitimate, or the guard would protect the attackers from
+    /// auto-blocking for the legitimate summary's half-life.
+    #[test]
+    fn a_flood_starting_late_in_a_quiet_interval_is_not_legitimate() {
+        let mut top = TopTalkers::new(TopConfig::default(), 1);
+        let udp = |top: &mut TopTalkers, src: &str, n: usize| {
+            for _ in 0..n {
+                top.observe(&sample(src, "192.0.2.1", 9000, Class::Udp, Reason::Pass));
+            }
+        };
+        for t in 1..=3 {
+            udp(&mut top, "198.51.100.7", 50);
+            top.tick(t * 1_000, None, &AttackClass::ALL);
+        }
+        // The flood's first tenth of a second: still a quiet interval.
+        udp(&mut top, "198.51.100.7", 50);
+        udp(&mut top, "203.0.113.66", 200);
+        top.tick(4_000, None, &AttackClass::ALL);
+        // Then UDP is hot.
+        udp(&mut top, "203.0.113.66", 2_000);
+        top.tick(
+            5_000,
+            None,
+            &[AttackClass::Syn, AttackClass::Icmp, AttackClass::Frag],
+        );
+        assert_eq!(top.legit_share(&net("203.0.113.66/32")), 0.0);
+        assert!((top.legit_share(&net("198.51.100.7/32")) - 1.0).abs() < 1e-9);
     }
 
     #[test]
