@@ -417,3 +417,126 @@ impl Drop for UdpStream {
         }
     }
 }
+
+/// A paced UDP flood from several source addresses at once, on one
+/// background thread inside `ns`: each source sends at its own fixed rate
+/// (datagrams per second) to `dst` until the flood is stopped or dropped,
+/// `limit` passes, or every source has sent `rate × limit` datagrams.
+/// Datagrams carry a sequence number per source.
+pub struct UdpFlood {
+    sent: Arc<Vec<std::sync::atomic::AtomicU64>>,
+    sources: Vec<IpAddr>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<Result<()>>>,
+}
+
+impl UdpFlood {
+    /// `sources`: (address, datagrams per second) pairs; every address must
+    /// be configured in `ns` (see `Lab::add_peer_addr`).
+    pub fn start(
+        ns: &str,
+        sources: &[(IpAddr, u32)],
+        dst: SocketAddr,
+        limit: Duration,
+    ) -> Result<Self> {
+        use std::sync::atomic::AtomicU64;
+        let sent: Arc<Vec<AtomicU64>> =
+            Arc::new(sources.iter().map(|_| AtomicU64::new(0)).collect());
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let ns = ns.to_string();
+        let plan: Vec<(IpAddr, u32)> = sources.to_vec();
+        let (n, s) = (sent.clone(), stop.clone());
+        let thread = std::thread::spawn(move || -> Result<()> {
+            let socks = enter_netns(&ns).and_then(|_| {
+                plan.iter()
+                    .map(|(src, _)| {
+                        UdpSocket::bind(SocketAddr::new(*src, 0))
+                            .with_context(|| format!("bind sender {src}"))
+                    })
+                    .collect::<Result<Vec<_>>>()
+            });
+            let socks = match socks {
+                Ok(socks) => {
+                    let _ = ready_tx.send(Ok(()));
+                    socks
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(anyhow::anyhow!("{e:#}")));
+                    return Err(e);
+                }
+            };
+            let start = Instant::now();
+            let deadline = start + limit;
+            let max: Vec<u64> = plan
+                .iter()
+                .map(|(_, pps)| (*pps as f64 * limit.as_secs_f64()).ceil() as u64)
+                .collect();
+            let mut done = vec![0u64; plan.len()];
+            let mut ok = vec![0u64; plan.len()];
+            while !s.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let t = start.elapsed().as_secs_f64();
+                let mut all_done = true;
+                for (i, ((_, pps), sock)) in plan.iter().zip(&socks).enumerate() {
+                    // Due by now, never more than one millisecond's catch-up
+                    // burst beyond the schedule, never past the bound.
+                    let due = ((t * *pps as f64) as u64 + 1).min(max[i]);
+                    while done[i] < due {
+                        // A datagram the stack refuses (no buffer) is not
+                        // counted as sent; the schedule goes on.
+                        if sock.send_to(&done[i].to_be_bytes(), dst).is_ok() {
+                            ok[i] += 1;
+                        }
+                        done[i] += 1;
+                    }
+                    n[i].store(ok[i], Ordering::Relaxed);
+                    all_done &= done[i] >= max[i];
+                }
+                if all_done {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Ok(())
+        });
+        ready_rx.recv().context("flood thread died")??;
+        Ok(Self {
+            sent,
+            sources: sources.iter().map(|(a, _)| *a).collect(),
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Datagrams sent from `src` so far (0 for an address not in the flood).
+    pub fn sent_from(&self, src: IpAddr) -> u64 {
+        self.sources
+            .iter()
+            .position(|a| *a == src)
+            .map_or(0, |i| self.sent[i].load(Ordering::Relaxed))
+    }
+
+    /// Datagrams sent from all sources so far.
+    pub fn sent(&self) -> u64 {
+        self.sent.iter().map(|n| n.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Stops the flood and returns how many datagrams it sent in all.
+    pub fn finish(mut self) -> Result<u64> {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join()
+                .map_err(|_| anyhow::anyhow!("flood thread panicked"))??;
+        }
+        Ok(self.sent())
+    }
+}
+
+impl Drop for UdpFlood {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
