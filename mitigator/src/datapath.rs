@@ -208,6 +208,19 @@ impl Datapath {
             _ebpf: ebpf,
             link: Some(link),
         };
+        // A pinned source table keeps the size it was created with.
+        use aya::maps::IterableMap;
+        if let Ok(info) = dp.sources.map().info() {
+            let actual = info.max_entries();
+            if actual != dp.source_capacity {
+                warn!(
+                    configured = dp.source_capacity,
+                    actual,
+                    "the pinned source table keeps its size; stop once with --detach-on-exit to resize it"
+                );
+                dp.source_capacity = actual;
+            }
+        }
         // Make sure the config entry exists (a fresh array is all zeros anyway).
         let cfg = dp.config()?;
         dp.set_config(cfg)?;
