@@ -50,7 +50,10 @@ fn syn_flood_run(syn_cookies: bool) -> SynOutcome {
     let config = write_config(
         dir.path(),
         &format!(
-            "[defences]\nrate_limit = false\nsyn_cookies = {syn_cookies}\nsyn_cookie_ports = [{PORT}]\n"
+            // The ladder is held at 0: this measures the static defence
+            // (escalation would switch cookies on by itself; see escalation.rs).
+            "[defences]\nrate_limit = false\nsyn_cookies = {syn_cookies}\nsyn_cookie_ports = [{PORT}]\n\
+             [escalation.syn]\nmax_level = 0\n"
         ),
     );
     let daemon = Daemon::start(&lab, &["--config", &config]).unwrap();
