@@ -193,21 +193,12 @@ impl Daemon {
 
     /// `spawn`, allowing `within` to become ready (a million rules to restore).
     pub fn spawn_within(&mut self, extra: &[&str], within: Duration) -> Result<()> {
-        let bin = binary().context("mitigator binary not found")?;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log)?;
-        let child = Command::new("nsenter")
-            .arg(format!("--net={}", Lab::netns_path(&self.namespace)))
-            .arg(&bin)
-            .args(["run", "--iface", &self.iface, "--socket"])
-            .arg(&self.socket)
-            .arg("--state-dir")
-            .arg(&self.state_dir)
-            .arg("--pin-root")
-            .arg(&self.pin_root)
-            .args(extra)
+        let child = self
+            .run_command(extra)?
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -257,13 +248,12 @@ impl Daemon {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
     }
 
-    /// Runs `mitigator run` in the foreground with this daemon's paths and
-    /// returns how it ended; for runs that must refuse to start. A run still
-    /// going after `within` is killed and reported as an error.
-    pub fn run_to_exit(&self, extra: &[&str], within: Duration) -> Result<CliResult> {
+    /// `mitigator run` on the lab interface with this daemon's socket, state
+    /// and pins, inside the protected namespace.
+    fn run_command(&self, extra: &[&str]) -> Result<Command> {
         let bin = binary().context("mitigator binary not found")?;
-        let mut child = Command::new("nsenter")
-            .arg(format!("--net={}", Lab::netns_path(&self.namespace)))
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", Lab::netns_path(&self.namespace)))
             .arg(&bin)
             .args(["run", "--iface", &self.iface, "--socket"])
             .arg(&self.socket)
@@ -271,7 +261,16 @@ impl Daemon {
             .arg(&self.state_dir)
             .arg("--pin-root")
             .arg(&self.pin_root)
-            .args(extra)
+            .args(extra);
+        Ok(cmd)
+    }
+
+    /// Runs `mitigator run` in the foreground with this daemon's paths and
+    /// returns how it ended; for runs that must refuse to start. A run still
+    /// going after `within` is killed and reported as an error.
+    pub fn run_to_exit(&self, extra: &[&str], within: Duration) -> Result<CliResult> {
+        let mut child = self
+            .run_command(extra)?
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
