@@ -65,18 +65,7 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `mitigator run` on the lab's protected interface.
     pub fn start(lab: &Lab, extra: &[&str]) -> Result<Self> {
-        let dir = tempfile::tempdir()?;
-        let pin_root = PathBuf::from(format!("/sys/fs/bpf/mitigator-test-{}", lab.protected));
-        let mut d = Self {
-            child: None,
-            socket: dir.path().join("mitigator.sock"),
-            state_dir: dir.path().join("state"),
-            pin_root,
-            log: dir.path().join("daemon.log"),
-            namespace: lab.protected.clone(),
-            iface: lab.iface.clone(),
-            _dir: dir,
-        };
+        let mut d = Self::unstarted(lab)?;
         d.spawn(extra)?;
         Ok(d)
     }
