@@ -29,18 +29,20 @@ const ICMPV6_PACKET_TOO_BIG: u8 = 2;
 #[xdp]
 pub fn mitigator(ctx: XdpContext) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u64;
+    // Read once: the decision steps and the exit both need it.
+    let cfg = maps::config();
     match parse(&ctx) {
         Parsed::Ip(pkt) => {
-            let reason = decide(&ctx, &pkt, len);
-            finish(reason, pkt.class, len, Some(&pkt))
+            let reason = decide(&ctx, &pkt, cfg, len);
+            finish(reason, pkt.class, len, cfg, Some(&pkt))
         }
-        Parsed::NonIp => finish(Reason::PassNonIp, Class::Other, len, None),
-        Parsed::Bad(reason, class) => finish(reason, class, len, None),
+        Parsed::NonIp => finish(Reason::PassNonIp, Class::Other, len, cfg, None),
+        Parsed::Bad(reason, class) => finish(reason, class, len, cfg, None),
     }
 }
 
 #[inline(always)]
-fn decide(ctx: &XdpContext, pkt: &Packet, len: u64) -> Reason {
+fn decide(ctx: &XdpContext, pkt: &Packet, cfg: Option<&Config>, len: u64) -> Reason {
     match &pkt.addrs {
         Addrs::V4 { src, .. } => {
             if maps::allow_v4(src, len) {
@@ -59,7 +61,7 @@ fn decide(ctx: &XdpContext, pkt: &Packet, len: u64) -> Reason {
             }
         }
     }
-    let Some(cfg) = maps::config() else {
+    let Some(cfg) = cfg else {
         return Reason::Pass;
     };
     match pkt.class {
@@ -145,9 +147,14 @@ fn fragment(pkt: &Packet, cfg: &Config) -> Reason {
 /// The one exit: count, sample, then turn the reason into an action
 /// (monitor mode counts the decision but passes the packet).
 #[inline(always)]
-fn finish(reason: Reason, class: Class, len: u64, pkt: Option<&Packet>) -> u32 {
+fn finish(
+    reason: Reason,
+    class: Class,
+    len: u64,
+    cfg: Option<&Config>,
+    pkt: Option<&Packet>,
+) -> u32 {
     maps::count(counter_index(reason, class), len);
-    let cfg = maps::config();
     if let (Some(cfg), Some(pkt)) = (cfg, pkt) {
         sample::maybe_sample(cfg, pkt, reason, len);
     }
